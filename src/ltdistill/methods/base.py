@@ -1,0 +1,89 @@
+"""The method interface: a registry of (function, typed config) pairs and the context a method
+receives. A method sees tensors and paths, never Snakemake or config files."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..config import from_dict
+from ..data.prepared import PreparedData
+from ..io import ImageSet
+from ..models import ModelSpec
+from ..registry import Registry
+
+log = logging.getLogger("ltdistill.methods")
+
+
+@dataclass
+class DistillContext:
+    """Everything a method may use. Artifacts (experts, observers, feature models) arrive as paths."""
+
+    data: PreparedData
+    ipc: int
+    seed: int
+    device: torch.device
+    model: ModelSpec  # the distillation network (architecture, width, depth, norm)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    checkpoint_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.ipc < 1:
+            raise ValueError(f"ipc must be a positive integer, got {self.ipc}")
+
+    def base_meta(self, method: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "method": method,
+            "dataset": self.data.name,
+            "imbalance_factor": self.data.split.imbalance_factor,
+            "selection": self.data.split.selection,
+            "ipc": self.ipc,
+            "seed": self.seed,
+            "preprocessing": self.data.preprocessing.describe(),
+            "lt_counts": self.data.counts,
+            **extra,
+        }
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    fn: Callable[[DistillContext, Any], ImageSet]
+    config_cls: type
+    needs: tuple[str, ...] = ()  # artifact kinds the method reads (e.g. "feature_model")
+
+
+METHODS: Registry[MethodEntry] = Registry("method")
+
+
+def register_method(name: str, config_cls: type, needs: tuple[str, ...] = ()):
+    """Decorator: register `fn(ctx, cfg) -> ImageSet` under `name` with its config dataclass."""
+
+    def decorator(fn):
+        METHODS.add(name, MethodEntry(name, fn, config_cls, tuple(needs)))
+        return fn
+
+    return decorator
+
+
+def get_method(name: str) -> MethodEntry:
+    from . import _load_all  # noqa: F401  (imports every method module)
+
+    return METHODS.get(name)
+
+
+def run_method(name: str, ctx: DistillContext, params: dict[str, Any] | None) -> ImageSet:
+    entry = get_method(name)
+    cfg = from_dict(entry.config_cls, params, where=f"methods.{name}")
+    missing = [k for k in entry.needs if k not in ctx.artifacts]
+    if missing:
+        raise ValueError(f"method '{name}' needs artifacts {missing}; the workflow provides them")
+    image_set = entry.fn(ctx, cfg)
+    image_set.validate()
+    if not torch.isfinite(image_set.images).all():
+        raise FloatingPointError(f"method '{name}' produced non-finite pixels")
+    return image_set

@@ -1,0 +1,54 @@
+"""Networks: a registry of builders and build_model(), which seeds every initialisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+
+#: builder signature: (spec: ModelSpec) -> nn.Module with .embed(x) and a final .classifier Linear
+MODELS: Registry = Registry("model")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture identity. `norm=None` means the architecture's default norm."""
+
+    arch: str
+    channels: int
+    num_classes: int
+    image_size: int
+    width: int = 128
+    norm: str | None = None
+
+    def with_classes(self, num_classes: int) -> "ModelSpec":
+        return replace(self, num_classes=num_classes)
+
+
+def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
+    """Build a freshly initialised network; with `seed` the initialisation is reproducible
+    without touching the global RNG state seen by the caller."""
+    from . import alexnet, convnet, resnet, vgg  # noqa: F401  (register builders)
+
+    builder = MODELS.get(spec.arch)
+    if seed is None:
+        return builder(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return builder(spec)
+
+
+def classifier_start(model: nn.Module) -> int:
+    """Number of parameters before the classifier (the last two tensors must be its weight and bias)."""
+    named = list(model.named_parameters())
+    (wn, w), (bn, b) = named[-2], named[-1]
+    if not (wn.startswith("classifier.") and bn.startswith("classifier.")):
+        raise ValueError(f"the last two parameters must belong to the classifier, got {wn}, {bn}")
+    return sum(p.numel() for _, p in named[:-2])
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

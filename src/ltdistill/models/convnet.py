@@ -1,0 +1,47 @@
+"""ConvNet-D (DC/MTT family): D blocks of conv3x3(width) -> norm -> ReLU -> avgpool2, then one
+Linear. Instance norm is GroupNorm(C, C). One-channel inputs use padding 3 in the first conv so
+28 px behaves like 32 px."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import MODELS, ModelSpec
+from .norms import make_norm
+
+
+class ConvNet(nn.Module):
+    def __init__(self, channels: int, num_classes: int, image_size: int, width: int = 128,
+                 depth: int = 3, norm: str = "instance") -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        size = image_size + (4 if channels == 1 else 0)  # padding 3 on 1-channel input
+        in_ch = channels
+        for d in range(depth):
+            pad = 3 if (channels == 1 and d == 0) else 1
+            layers += [nn.Conv2d(in_ch, width, 3, padding=pad), make_norm(norm, width, size),
+                       nn.ReLU(inplace=True), nn.AvgPool2d(2, 2)]
+            in_ch = width
+            size //= 2
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = width * size * size
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+def _builder(depth: int):
+    def build(spec: ModelSpec) -> ConvNet:
+        return ConvNet(spec.channels, spec.num_classes, spec.image_size, spec.width, depth,
+                       spec.norm or "instance")
+
+    return build
+
+
+for _depth in (3, 4, 5):
+    MODELS.add(f"convnet{_depth}", _builder(_depth))
