@@ -7,10 +7,10 @@ import platform
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
 
 import torch
 

@@ -4,9 +4,10 @@ receives. A method sees tensors and paths, never Snakemake or config files."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -55,16 +56,18 @@ class MethodEntry:
     fn: Callable[[DistillContext, Any], ImageSet]
     config_cls: type
     needs: tuple[str, ...] = ()  # artifact kinds the method reads (e.g. "feature_model")
+    soft_labels: bool = False  # produces soft-label logits (then HLR needs a hard-label run)
 
 
 METHODS: Registry[MethodEntry] = Registry("method")
 
 
-def register_method(name: str, config_cls: type, needs: tuple[str, ...] = ()):
+def register_method(name: str, config_cls: type, needs: tuple[str, ...] = (),
+                    soft_labels: bool = False):
     """Decorator: register `fn(ctx, cfg) -> ImageSet` under `name` with its config dataclass."""
 
     def decorator(fn):
-        METHODS.add(name, MethodEntry(name, fn, config_cls, tuple(needs)))
+        METHODS.add(name, MethodEntry(name, fn, config_cls, tuple(needs), soft_labels))
         return fn
 
     return decorator

@@ -24,7 +24,7 @@ class ModelSpec:
     width: int = 128
     norm: str | None = None
 
-    def with_classes(self, num_classes: int) -> "ModelSpec":
+    def with_classes(self, num_classes: int) -> ModelSpec:
         return replace(self, num_classes=num_classes)
 
 

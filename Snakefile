@@ -1,0 +1,28 @@
+# ltdistill: long-tailed dataset distillation benchmark.
+# Run: snakemake --cores all  (add --use-conda on machines with conda; --profile profiles/slurm on a cluster)
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/experts.smk"
+include: "rules/distill.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        get_final_outputs(),

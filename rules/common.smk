@@ -1,0 +1,90 @@
+# Config checks beyond the schema, wildcard constraints, and the get_* helpers every rule uses.
+import hashlib
+from pathlib import Path
+
+from ltdistill.workflow_support import (
+    check_config,
+    eval_recipe,
+    evaluation_targets,
+    method_needs,
+    method_slug_registered,
+    preprocessing_kind,
+)
+
+check_config(config)
+
+ENV = "../environment.yml"
+THREADS = int(config["runtime"].get("threads", 1))
+DEVICE = config["runtime"].get("device", "auto")
+ROOT = Path(workflow.basedir)
+
+
+wildcard_constraints:
+    dataset="[a-z0-9_]+",
+    imb="[0-9]+",
+    ipc="[0-9]+",
+    method="[a-z0-9_]+",
+    dseed="[0-9]+",
+    model="[a-z0-9_]+",
+    recipe="[a-z0-9_]+",
+    eseed="[0-9]+",
+    kind="[a-z]+",
+
+
+def code_digest(*relpaths):
+    """Content hash of source files, as a param: a real code change reruns the rule, a touch does not."""
+    h = hashlib.sha256()
+    for rel in relpaths:
+        h.update((ROOT / rel).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def dataset_options(wildcards):
+    return config["datasets"][wildcards.dataset]
+
+
+def split_path(w):
+    return f"results/splits/{w.dataset}/if{w.imb}/split.json"
+
+
+def cache_path(w):
+    return f"results/data/{w.dataset}/dataset.pt"
+
+
+def prep_path(w, method=None):
+    kind = preprocessing_kind(config, w.dataset, method or w.method)
+    return f"results/preprocess/{w.dataset}/if{w.imb}/{kind}.pt"
+
+
+def reference_path(w):
+    return f"results/reference/{w.dataset}/if{w.imb}/model.pt"
+
+
+ARTIFACTS = {
+    "feature_model": reference_path,
+}
+
+
+def distill_inputs(w):
+    inputs = {"cache": cache_path(w), "split": split_path(w), "prep": prep_path(w)}
+    for need in method_needs(config, w.method):
+        inputs[need] = ARTIFACTS[need](w)
+    return inputs
+
+
+def distill_artifacts(w, input):
+    return {need: input[need] for need in method_needs(config, w.method)}
+
+
+def method_code(w):
+    registered = method_slug_registered(config, w.method)
+    return code_digest(f"src/ltdistill/methods/{registered}.py")
+
+
+def image_set_path(w):
+    return (f"results/distilled/{w.dataset}/if{w.imb}/ipc{w.ipc}/{w.method}/s{w.dseed}/"
+            "image_set.pt")
+
+
+def get_final_outputs():
+    return evaluation_targets(config) + report_targets()

@@ -1,0 +1,92 @@
+"""Evaluate one image set: train a fresh model with Protocol A and report balanced and LT test
+metrics as a JSON-ready dict (accuracies as fractions)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from ..data.prepared import PreparedData
+from ..io import ImageSet
+from ..models import ModelSpec
+from .metrics import json_ready, metrics_from_predictions
+from .train import TrainRecipe, predict, train_classifier
+
+
+def select_lr(recipe: TrainRecipe, learned_lr: float | None) -> tuple[float, str]:
+    """The evaluation lr and where it came from: recipe.lr, else the image set's learned lr,
+    else recipe.default_lr. A learned lr that is not a positive finite number is an error."""
+    if recipe.lr is not None:
+        return float(recipe.lr), "recipe"
+    if learned_lr is not None:
+        value = float(learned_lr)
+        if not (value > 0 and value != float("inf")):
+            raise ValueError(f"the image set's learned lr is {learned_lr}; it must be positive. "
+                             "The distillation run that produced it is broken")
+        return value, "learned"
+    return float(recipe.default_lr), "default"
+
+
+def _check_preprocessing(image_set: ImageSet, data: PreparedData) -> None:
+    recorded = image_set.meta.get("preprocessing") if image_set.meta else None
+    expected = getattr(getattr(data, "preprocessing", None), "digest", "")
+    if isinstance(recorded, dict) and recorded.get("digest") and expected \
+            and recorded["digest"] != expected:
+        raise ValueError(f"the image set was made in preprocessing {recorded['digest']} but the "
+                         f"test data uses {expected}; evaluate with the matching preprocessing")
+
+
+def evaluate_image_set(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
+                       recipe: TrainRecipe, seed: int,
+                       device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Protocol A evaluation of `image_set` with one freshly initialised model (seed `seed`).
+
+    Returns {"lr", "lr_source", "epochs", "passes", "batch_size", "soft_labels_used",
+    "train_images", "seed", "model", "recipe", "test": metrics, "lt_test": metrics or None,
+    "wall_time_s"}. Metrics come from metrics_from_predictions (fractions in [0, 1]); undefined
+    values (NaN) are stored as null so the dict is strict JSON.
+    """
+    image_set.validate()
+    if spec.num_classes != image_set.num_classes:
+        raise ValueError(f"model spec has {spec.num_classes} classes but the image set has "
+                         f"{image_set.num_classes}")
+    if data.num_classes != image_set.num_classes:
+        raise ValueError(f"the test data has {data.num_classes} classes but the image set has "
+                         f"{image_set.num_classes}")
+    if tuple(image_set.images.shape[1:]) != tuple(data.test_images.shape[1:]):
+        raise ValueError(f"image set images are {tuple(image_set.images.shape[1:])} but test "
+                         f"images are {tuple(data.test_images.shape[1:])}")
+    _check_preprocessing(image_set, data)
+
+    lr, lr_source = select_lr(recipe, image_set.learned_lr)
+    soft = image_set.soft_labels if recipe.use_soft_labels else None
+    start = time.perf_counter()
+    model = train_classifier(spec, image_set.images, image_set.labels, recipe=recipe, lr=lr,
+                             seed=seed, device=device, soft_labels=soft,
+                             progress_label=f"eval {spec.arch} seed {seed}")
+    groups = list(data.groups)
+    test = metrics_from_predictions(data.test_labels, predict(model, data.test_images),
+                                    data.num_classes, groups)
+    lt_test = None
+    if data.lt_test_images is not None and data.lt_test_labels is not None:
+        lt_test = metrics_from_predictions(data.lt_test_labels, predict(model, data.lt_test_images),
+                                           data.num_classes, groups)
+    wall = time.perf_counter() - start
+    return json_ready({
+        "lr": lr,
+        "lr_source": lr_source,
+        "epochs": recipe.epochs,
+        "passes": recipe.epochs + 1,
+        "batch_size": recipe.batch_size,
+        "soft_labels_used": soft is not None,
+        "train_images": int(image_set.images.shape[0]),
+        "seed": int(seed),
+        "model": asdict(spec),
+        "recipe": asdict(recipe),
+        "test": test,
+        "lt_test": lt_test,
+        "wall_time_s": round(wall, 3),
+    })

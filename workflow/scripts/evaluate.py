@@ -1,0 +1,13 @@
+"""Train one evaluation model on an image set and write its metrics JSON."""
+
+from ltdistill.jobs import start
+from ltdistill.pipeline import evaluate
+
+sm = snakemake  # noqa: F821
+start(sm)
+w = sm.wildcards
+identity = {"dataset": w.dataset, "imbalance_factor": int(w.imb), "ipc": int(w.ipc),
+            "method": w.method, "distill_seed": int(w.dseed), "model": w.model,
+            "recipe": w.recipe, "eval_seed": int(w.eseed)}
+evaluate(sm.input.image_set, sm.input.cache, sm.input.split, sm.input.prep, sm.params.network,
+         w.model, sm.params.recipe, int(w.eseed), sm.params.device, identity, sm.output[0])

@@ -1,0 +1,8 @@
+"""Write the paper-style tables (Markdown, LaTeX, CSV) from the tidy CSV."""
+
+from ltdistill.jobs import start
+from ltdistill.reporting.run import make_tables
+
+sm = snakemake  # noqa: F821
+start(sm)
+make_tables(sm.input.tidy, list(sm.output), sm.params.method_order, benchmarks_dir="benchmarks")
