@@ -15,8 +15,6 @@ rule train_reference:
         dsa_strategy=lambda w: config["datasets"][w.dataset]["dsa_strategy"],
         device=DEVICE,
     threads: THREADS
-    resources:
-        gpu=0,
     log:
         "logs/reference/{dataset}/if{imb}.log",
     benchmark:

@@ -89,8 +89,8 @@ def test_damed_supplement_all_class_zero_example():
     assert m["macro_f1"] == pytest.approx(2 * p0 / (1 + p0) / 10)
     assert round(m["macro_f1"], 4) == 0.0618
     assert m["mean_per_class"] == pytest.approx(0.10)  # macro recall = mean per-class accuracy
-    assert m["shot_groups"]["many"] == pytest.approx(0.25)
-    assert m["shot_groups"]["few"] == 0.0
+    assert m["shot"]["many"] == pytest.approx(0.25)
+    assert m["shot"]["few"] == 0.0
     assert m["head_tail_gap"] == pytest.approx(0.25)
     assert m["confusion_matrix"][0][0] == 1000 and m["confusion_matrix"][9][0] == 5
     json.dumps(M.json_ready(m), allow_nan=False)
@@ -114,8 +114,8 @@ def test_macro_prf_zero_division_and_sklearn_agreement():
 def test_metrics_json_ready_replaces_nan():
     m = M.metrics_from_predictions([0, 0], [0, 1], 3, ["many", "few", "few"])
     ready = M.json_ready(m)
-    assert ready["per_class_accuracy"] == [0.5, None, None]
-    assert ready["shot_groups"]["medium"] is None
+    assert ready["per_class"] == [0.5, None, None]
+    assert ready["shot"]["medium"] is None
     json.dumps(ready, allow_nan=False)
 
 

@@ -1,4 +1,4 @@
-"""Evaluation of image sets: Protocol A training, prediction, metrics and DD-Ranking-style scores."""
+"""Evaluation of image sets: Protocol A training, prediction, metrics and DD-Ranking scores."""
 
 from .evaluate import evaluate_image_set, select_lr
 from .metrics import (

@@ -45,8 +45,9 @@ def evaluate_image_set(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
     """Protocol A evaluation of `image_set` with one freshly initialised model (seed `seed`).
 
     Returns {"lr", "lr_source", "epochs", "passes", "batch_size", "soft_labels_used",
-    "train_images", "seed", "model", "recipe", "test": metrics, "lt_test": metrics or None,
-    "wall_time_s"}. Metrics come from metrics_from_predictions (fractions in [0, 1]); undefined
+    "train_images", "train_seed", "model_spec", "train_recipe", "test": metrics, "lt_test": metrics
+    or None, "wall_time_s"}. (No "model"/"recipe" keys: callers use those names for the record
+    identity.) Metrics come from metrics_from_predictions (fractions in [0, 1]); undefined
     values (NaN) are stored as null so the dict is strict JSON.
     """
     image_set.validate()
@@ -83,9 +84,9 @@ def evaluate_image_set(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
         "batch_size": recipe.batch_size,
         "soft_labels_used": soft is not None,
         "train_images": int(image_set.images.shape[0]),
-        "seed": int(seed),
-        "model": asdict(spec),
-        "recipe": asdict(recipe),
+        "train_seed": int(seed),
+        "model_spec": asdict(spec),
+        "train_recipe": asdict(recipe),
         "test": test,
         "lt_test": lt_test,
         "wall_time_s": round(wall, 3),

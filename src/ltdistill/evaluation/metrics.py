@@ -123,8 +123,11 @@ def _nan_to_none(values: np.ndarray) -> list[float | None]:
 def metrics_from_predictions(y_true: Any, y_pred: Any, num_classes: int,
                              groups: Sequence[str] | None = None) -> dict[str, Any]:
     """Every metric of evaluation_protocol.md §5 from one confusion matrix, as fractions in
-    [0, 1]. Undefined values (class or group without test images) are NaN floats in the scalar
-    fields and None in per_class_accuracy; `json_ready` converts the rest."""
+    [0, 1]. Keys: num_images, top1, mean_per_class, per_class (class accuracies), class_std,
+    worst_class, macro_precision/recall/f1, shot ({many, medium, few} or None without groups),
+    head_tail_gap (many - few), confusion_matrix (rows true). Undefined values (class or group
+    without test images) are NaN floats in the scalar fields and None in per_class;
+    `json_ready` converts the rest."""
     cm = confusion_matrix(y_true, y_pred, num_classes)
     acc = per_class_accuracy(cm)
     prf = macro_prf(cm)
@@ -134,13 +137,13 @@ def metrics_from_predictions(y_true: Any, y_pred: Any, num_classes: int,
         "num_images": int(cm.sum()),
         "top1": balanced_top1(cm),
         "mean_per_class": mean_per_class(acc),
-        "per_class_accuracy": _nan_to_none(acc),
+        "per_class": _nan_to_none(acc),
         "class_std": class_std(acc),
         "worst_class": float(valid.min()) if valid.size else math.nan,
         "macro_precision": prf["precision"],
         "macro_recall": prf["recall"],
         "macro_f1": prf["f1"],
-        "shot_groups": shot,
+        "shot": shot,
         "head_tail_gap": (shot["many"] - shot["few"]) if shot is not None else math.nan,
         "confusion_matrix": cm.tolist(),
     }
@@ -222,7 +225,8 @@ def ars(syn_aug: float, rnd_aug: float, syn_noaug: float, rnd_noaug: float,
     return _normalise_score(beta)
 
 
-def ior_per_group(syn_groups: dict[str, float], random_groups: dict[str, float]) -> dict[str, float]:
+def ior_per_group(syn_groups: dict[str, float],
+                  random_groups: dict[str, float]) -> dict[str, float]:
     """IOR per shot group from two shot_group_accuracy dicts; NaN where a group is empty."""
     out = {}
     for g in GROUP_NAMES:

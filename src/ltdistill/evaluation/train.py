@@ -42,7 +42,8 @@ class TrainRecipe:
         if int(self.epochs) != self.epochs or self.epochs < 1:
             raise ValueError(f"TrainRecipe.epochs must be an integer >= 1, got {self.epochs}")
         if int(self.batch_size) != self.batch_size or self.batch_size < 1:
-            raise ValueError(f"TrainRecipe.batch_size must be an integer >= 1, got {self.batch_size}")
+            raise ValueError(
+                f"TrainRecipe.batch_size must be an integer >= 1, got {self.batch_size}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"TrainRecipe.lr must be positive when given, got {self.lr}")
         if not self.default_lr > 0:
@@ -162,7 +163,7 @@ def train_classifier(
     epochs = recipe.epochs
     batch = min(recipe.batch_size, n)
     shuffle_gen = generator("eval-shuffle", seed)  # CPU: randperm indices
-    aug_gen = generator("eval-dsa", seed, device=device)
+    aug_gen = generator("eval-dsa", seed)  # CPU: DSA draws its parameters on the CPU
     current_lr = float(lr)
     optimizer = _make_optimizer(model, current_lr, recipe)
     progress = Progress(epochs + 1, progress_label)
@@ -171,7 +172,10 @@ def train_classifier(
     # the caller's RNG state is untouched.
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(derive_seed("eval-global", seed))
+        global_seed = derive_seed("eval-global", seed)
+        torch.default_generator.manual_seed(global_seed)  # CPU only: other devices untouched
+        if device.type == "cuda":
+            torch.cuda.manual_seed(global_seed)
         for ep in range(epochs + 1):
             order = torch.randperm(n, generator=shuffle_gen).to(device)
             loss_sum = torch.zeros((), device=device)
@@ -190,12 +194,12 @@ def train_classifier(
                 loss.backward()
                 optimizer.step()
                 loss_sum += loss.detach() * idx.numel()
+            progress.step(loss=float(loss_sum) / n, lr=current_lr)  # this epoch's lr
             if ep == decay_epoch(epochs):
                 current_lr *= recipe.decay_factor
                 optimizer = _make_optimizer(model, current_lr, recipe)  # fresh momentum
             if epoch_callback is not None:
                 epoch_callback(ep, model, optimizer)
-            progress.step(loss=float(loss_sum) / n, lr=current_lr)
     return model
 
 

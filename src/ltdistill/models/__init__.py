@@ -44,7 +44,7 @@ def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
 def classifier_start(model: nn.Module) -> int:
     """Number of parameters before the classifier (the last two tensors must be its weight and bias)."""
     named = list(model.named_parameters())
-    (wn, w), (bn, b) = named[-2], named[-1]
+    (wn, _w), (bn, _b) = named[-2], named[-1]
     if not (wn.startswith("classifier.") and bn.startswith("classifier.")):
         raise ValueError(f"the last two parameters must belong to the classifier, got {wn}, {bn}")
     return sum(p.numel() for _, p in named[:-2])

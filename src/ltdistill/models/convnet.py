@@ -45,3 +45,13 @@ def _builder(depth: int):
 
 for _depth in (3, 4, 5):
     MODELS.add(f"convnet{_depth}", _builder(_depth))
+
+
+def _auto_depth(spec: ModelSpec) -> ConvNet:
+    """`convnet`: depth from the resolution, as the papers use it (3 up to 32 px, 4 up to 64 px,
+    else 5)."""
+    depth = 3 if spec.image_size <= 32 else 4 if spec.image_size <= 64 else 5
+    return _builder(depth)(spec)
+
+
+MODELS.add("convnet", _auto_depth)

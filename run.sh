@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# ltdistill entry point.
+#   ./run.sh benchmark [snakemake args]   set up, run the default benchmark, build the HTML report
+#   ./run.sh test [pytest args]           set up, run the whole test suite
+#   ./run.sh setup                        only create .venv and install pinned dependencies
+# Set LTDISTILL_PYTHON to choose the interpreter (default: python3, needs 3.10+).
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${LTDISTILL_PYTHON:-python3}
+VENV=.venv
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    if ! "$PY" -m venv "$VENV" 2>/dev/null; then
+      echo "python3 -m venv failed; installing python3-venv" >&2
+      as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+      rm -rf "$VENV"; "$PY" -m venv "$VENV"
+    fi
+  fi
+  # reinstall only when the pinned dependencies changed
+  stamp="$VENV/.ltdistill-installed"
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    touch "$stamp"
+  fi
+  # the default dataset: Debian's real Fashion-MNIST idx files
+  if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
+    echo "installing Debian's dataset-fashion-mnist (the default benchmark's data)" >&2
+    as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist \
+      || echo "could not install dataset-fashion-mnist; set datasets.fashion_mnist.root or download: true" >&2
+  fi
+}
+
+cmd=${1:-help}; shift || true
+case "$cmd" in
+  setup) setup ;;
+  benchmark)
+    setup
+    "$VENV/bin/snakemake" --cores all "$@"
+    "$VENV/bin/snakemake" --report results/report.html "$@"
+    echo "tables: results/tables/  figures: results/figures/  report: results/report.html"
+    ;;
+  test)
+    setup
+    "$VENV/bin/python" -m pytest "$@"
+    ;;
+  *) sed -n '2,6p' "$0"; exit 2 ;;
+esac

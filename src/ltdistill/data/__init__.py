@@ -1,0 +1,1 @@
+"""Datasets, long-tailed splits, preprocessing and augmentation."""
