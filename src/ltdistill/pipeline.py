@@ -49,14 +49,18 @@ def network_spec(network: dict[str, Any], data: PreparedData | None = None, *, a
     )
 
 
+#: dataset options that configure the split and preprocessing, not the loader
+SPLIT_KEYS = ("n_max", "selection", "lt_test", "test_floor", "zca_methods", "zca_eps",
+              "dsa_strategy", "preprocessing")
+
+
 # --- data -----------------------------------------------------------------------------------
 
 def cache_dataset(name: str, options: dict[str, Any], out: str | Path) -> None:
     """Read a dataset from its real on-disk format once and store it as uint8 tensors."""
     opts = dict(options)
     root, download = opts.pop("root", None), bool(opts.pop("download", False))
-    for key in ("n_max", "selection", "lt_test", "zca_methods", "dsa_strategy", "preprocessing",
-                "test_floor"):
+    for key in SPLIT_KEYS:
         opts.pop(key, None)  # split/preprocessing settings, not loader options
     data = load_dataset(name, root=root, download=download, **opts)
     save_dataset_cache(out, data)

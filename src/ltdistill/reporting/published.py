@@ -87,7 +87,7 @@ def match(df_ours: pd.DataFrame, published: pd.DataFrame | None = None, model: s
     rows = []
     for key, grp in ours.groupby(KEY, sort=True, dropna=False):
         m, s, n = mean_std(grp["top1"].to_numpy(dtype=float) * 100.0)
-        rows.append(dict(zip(KEY, key), ours_top1_pct=m, ours_std_pct=s, n_evals=n))
+        rows.append(dict(zip(KEY, key, strict=True), ours_top1_pct=m, ours_std_pct=s, n_evals=n))
     left = pd.DataFrame(rows, columns=KEY + ["ours_top1_pct", "ours_std_pct", "n_evals"])
     for col in ("imbalance_factor", "ipc"):
         left[col] = pd.to_numeric(left[col], errors="coerce").astype("Int64")

@@ -90,7 +90,7 @@ def decode_image(path: Path, channels: int, size: int | None) -> np.ndarray:
         raise DatasetFormatError(f"cannot read image {path}: {exc}") from exc
     if size is not None:
         img = resize_center_crop(img, size)
-    arr = np.asarray(img, dtype=np.uint8)
+    arr = np.array(img, dtype=np.uint8)  # a writable copy, so torch.from_numpy is safe
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
