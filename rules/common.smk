@@ -60,9 +60,22 @@ def reference_path(w):
     return f"results/reference/{w.dataset}/if{w.imb}/model.pt"
 
 
+# artifact kind -> function(wildcards) -> path or list of paths. Rule files that produce an artifact
+# a method `needs` register it here (e.g. rules/trajectory.smk adds the expert kinds).
 ARTIFACTS = {
     "feature_model": reference_path,
 }
+# evaluation recipe -> function(wildcards) -> {name: path}: extra inputs a recipe reads (e.g. the
+# teacher of Protocol B). Registered by the rule file that produces them.
+EVAL_ARTIFACTS = {}
+
+
+def eval_inputs(w):
+    inputs = {"image_set": image_set_path(w), "cache": cache_path(w), "split": split_path(w),
+              "prep": prep_path(w)}
+    if w.recipe in EVAL_ARTIFACTS:
+        inputs.update(EVAL_ARTIFACTS[w.recipe](w))
+    return inputs
 
 
 def distill_inputs(w):

@@ -3,10 +3,7 @@
 
 rule evaluate:
     input:
-        image_set=image_set_path,
-        cache=cache_path,
-        split=split_path,
-        prep=prep_path,
+        unpack(eval_inputs),
     output:
         "results/evaluation/{dataset}/if{imb}/ipc{ipc}/{method}/s{dseed}/{model}/{recipe}/seed{eseed}.json",
     params:

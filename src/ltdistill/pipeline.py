@@ -159,8 +159,10 @@ def _nan_to_none(obj: Any) -> Any:
 
 def evaluate(image_set_path: str | Path, cache: str | Path, split: str | Path,
              preprocessing: str | Path, network: dict[str, Any], arch: str, recipe: dict[str, Any],
-             seed: int, device: str, identity: dict[str, Any], out: str | Path) -> None:
-    """Train a fresh model on an image set and write one self-describing metrics JSON."""
+             seed: int, device: str, identity: dict[str, Any], out: str | Path,
+             artifacts: dict[str, Any] | None = None) -> None:
+    """Train a fresh model on an image set and write one self-describing metrics JSON.
+    `artifacts` are extra inputs a recipe reads (e.g. the Protocol B teacher)."""
     from .evaluation.evaluate import evaluate_image_set
     from .evaluation.train import TrainRecipe
 
@@ -170,7 +172,8 @@ def evaluate(image_set_path: str | Path, cache: str | Path, split: str | Path,
     image_set = load_image_set(image_set_path)
     rec = from_dict(TrainRecipe, recipe, where="evaluation")
     spec = network_spec(network, data, arch=arch)
-    result = evaluate_image_set(image_set, data, spec, rec, int(seed), dev)
+    extra = {"artifacts": artifacts} if artifacts else {}
+    result = evaluate_image_set(image_set, data, spec, rec, int(seed), dev, **extra)
     record = {
         **identity,
         "selection": data.split.selection,

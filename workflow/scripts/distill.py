@@ -7,7 +7,7 @@ sm = snakemake  # noqa: F821
 start(sm)
 w = sm.wildcards
 fixed = {"cache", "split", "prep"}
-artifacts = {k: v for k, v in sm.input.items() if k not in fixed}
+artifacts = {k: (v if isinstance(v, str) else list(v)) for k, v in sm.input.items() if k not in fixed}
 identity = {"dataset": w.dataset, "imbalance_factor": int(w.imb), "ipc": int(w.ipc),
             "distill_seed": int(w.dseed)}
 distill(sm.input.cache, sm.input.split, sm.input.prep, w.method, sm.params.method_params,

@@ -9,5 +9,8 @@ w = sm.wildcards
 identity = {"dataset": w.dataset, "imbalance_factor": int(w.imb), "ipc": int(w.ipc),
             "method": w.method, "distill_seed": int(w.dseed), "model": w.model,
             "recipe": w.recipe, "eval_seed": int(w.eseed)}
+fixed = {"image_set", "cache", "split", "prep"}
+artifacts = {k: (v if isinstance(v, str) else list(v)) for k, v in sm.input.items() if k not in fixed}
 evaluate(sm.input.image_set, sm.input.cache, sm.input.split, sm.input.prep, sm.params.network,
-         w.model, sm.params.recipe, int(w.eseed), sm.params.device, identity, sm.output[0])
+         w.model, sm.params.recipe, int(w.eseed), sm.params.device, identity, sm.output[0],
+         artifacts)

@@ -1,0 +1,1 @@
+# Rules for the statistical family (filled in by its issue).

@@ -1,0 +1,1 @@
+# Rules for the trajectory family (filled in by its issue).

@@ -1,0 +1,1 @@
+# Rules for the two-stage family (filled in by its issue).
