@@ -50,7 +50,7 @@ def network_spec(network: dict[str, Any], data: PreparedData | None = None, *, a
 
 
 #: dataset options that configure the split and preprocessing, not the loader
-SPLIT_KEYS = ("n_max", "selection", "lt_test", "test_floor", "zca_methods", "zca_eps",
+SPLIT_KEYS = ("n_max", "selection", "lt_test", "test_floor", "test_per_class", "zca_methods", "zca_eps",
               "dsa_strategy", "preprocessing")
 
 
@@ -77,7 +77,7 @@ def split_dataset(cache: str | Path, imbalance_factor: int, options: dict[str, A
         imbalance_factor, selection=options.get("selection", "damed"), n_max=options.get("n_max"),
         lt_test=bool(options.get("lt_test", False)), test_floor=int(options.get("test_floor", 1)),
         many_above=int(groups.get("many_above", 100)), few_below=int(groups.get("few_below", 20)),
-        group_preset=groups.get("preset", "kang"),
+        group_preset=groups.get("preset", "kang"), test_per_class=options.get("test_per_class"),
     )
     split.save(out)
     log.info("split %s IF %d: counts %s (total %d)", raw.name, imbalance_factor, split.counts,

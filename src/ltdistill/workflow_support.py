@@ -8,8 +8,6 @@ from typing import Any, Iterator
 
 from .config import ConfigError, from_dict
 
-IPC_FREE_METHODS = ("full",)  # the image set does not depend on IPC: stored once as ipc0
-
 
 @dataclass(frozen=True)
 class GridPoint:
@@ -103,8 +101,9 @@ def eval_recipe(config: dict, dataset: str, slug: str, recipe: str) -> dict[str,
     return recipe_fields
 
 
-def stored_ipc(slug: str, ipc: int) -> int:
-    return 0 if slug in IPC_FREE_METHODS else ipc
+def stored_ipc(config: dict, slug: str, ipc: int) -> int:
+    """IPC in paths: 0 for methods whose image set does not depend on IPC (stored once)."""
+    return 0 if _entry(config, slug).ipc_free else ipc
 
 
 def evaluation_targets(config: dict) -> list[str]:
@@ -114,7 +113,7 @@ def evaluation_targets(config: dict) -> list[str]:
 
     def add(point: GridPoint, slug: str, models: list[str]) -> None:
         recipes = ["protocol_a"] + (["hard"] if method_soft_labels(config, slug) else [])
-        ipc = stored_ipc(slug, point.ipc)
+        ipc = stored_ipc(config, slug, point.ipc)
         for dseed in config["distill_seeds"]:
             for model in models:
                 for recipe in recipes:
@@ -139,7 +138,7 @@ def image_set_targets(config: dict) -> list[str]:
         for slug in config["methods"]:
             for dseed in config["distill_seeds"]:
                 out.add(f"results/distilled/{point.dataset}/if{point.imbalance_factor}/"
-                        f"ipc{stored_ipc(slug, point.ipc)}/{slug}/s{dseed}/image_set.pt")
+                        f"ipc{stored_ipc(config, slug, point.ipc)}/{slug}/s{dseed}/image_set.pt")
     return sorted(out)
 
 

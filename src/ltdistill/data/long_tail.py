@@ -96,6 +96,7 @@ class Split:
     few_below: int = 20
     group_preset: str = "kang"
     notes: dict = field(default_factory=dict)
+    balanced_test_indices: list[list[int]] | None = None  # None = the whole balanced test split
 
     @property
     def counts(self) -> list[int]:
@@ -111,6 +112,11 @@ class Split:
 
     def flat_train_indices(self) -> np.ndarray:
         return np.concatenate([np.asarray(ix, dtype=np.int64) for ix in self.train_indices])
+
+    def flat_balanced_test_indices(self) -> np.ndarray | None:
+        if self.balanced_test_indices is None:
+            return None
+        return np.concatenate([np.asarray(ix, dtype=np.int64) for ix in self.balanced_test_indices])
 
     def flat_test_indices(self) -> np.ndarray | None:
         if self.test_indices is None:
@@ -139,8 +145,12 @@ class Split:
 def make_split(dataset: str, train_labels: Sequence[int], test_labels: Sequence[int] | None,
                num_classes: int, imbalance_factor: int, selection: str = "damed",
                n_max: int | None = None, lt_test: bool = False, test_floor: int = 1,
-               many_above: int = 100, few_below: int = 20, group_preset: str = "kang") -> Split:
-    """Build the split manifest. n_max defaults to the largest class of the balanced source."""
+               many_above: int = 100, few_below: int = 20, group_preset: str = "kang",
+               test_per_class: int | None = None) -> Split:
+    """Build the split manifest. n_max defaults to the largest class of the balanced source.
+
+    test_per_class caps the balanced test split at the first k images of each class in dataset
+    order (quick configs only; null = the whole test split, the protocol's default)."""
     train_labels = np.asarray(train_labels)
     if train_labels.size and (train_labels.min() < 0 or train_labels.max() >= num_classes):
         raise ValueError(f"{dataset}: training labels must lie in [0, {num_classes}), found "
@@ -171,8 +181,14 @@ def make_split(dataset: str, train_labels: Sequence[int], test_labels: Sequence[
         # spec long_tail_data.md section 5: the LT test set always uses the damed procedure
         notes["test_selection"] = "damed"
         test_idx = select_indices(test_labels, t_counts, "damed")
+    balanced = None
+    if test_per_class is not None:
+        if test_labels is None or test_per_class < 1:
+            raise ValueError(f"test_per_class must be a positive integer, got {test_per_class}")
+        labels = np.asarray(test_labels)
+        balanced = [np.flatnonzero(labels == c)[:test_per_class].tolist() for c in range(num_classes)]
     return Split(dataset, int(imbalance_factor), selection, n_max, train_idx, test_idx,
-                 many_above, few_below, group_preset, notes)
+                 many_above, few_below, group_preset, notes, balanced)
 
 
 def split_digest(path: str | Path) -> str:

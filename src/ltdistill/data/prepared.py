@@ -54,12 +54,16 @@ def prepare(raw: RawDataset, split: Split, preprocessing: Preprocessing) -> Prep
     if test_idx is not None:
         t = torch.as_tensor(test_idx)
         lt_x, lt_y = preprocessing.apply(raw.test_images[t]), raw.test_labels[t].long()
+    test_x, test_y = raw.test_images, raw.test_labels
+    balanced = split.flat_balanced_test_indices()
+    if balanced is not None:
+        test_x, test_y = test_x[torch.as_tensor(balanced)], test_y[torch.as_tensor(balanced)]
     return PreparedData(
         name=raw.name,
         train_images=preprocessing.apply(raw.train_images[idx]),
         train_labels=raw.train_labels[idx].long(),
-        test_images=preprocessing.apply(raw.test_images),
-        test_labels=raw.test_labels.long(),
+        test_images=preprocessing.apply(test_x),
+        test_labels=test_y.long(),
         lt_test_images=lt_x, lt_test_labels=lt_y,
         counts=split.counts, groups=split.groups, class_names=list(raw.class_names),
         preprocessing=preprocessing, split=split,

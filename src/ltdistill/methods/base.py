@@ -33,7 +33,7 @@ class DistillContext:
     checkpoint_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.ipc < 1:
+        if self.ipc < 0:
             raise ValueError(f"ipc must be a positive integer, got {self.ipc}")
 
     def base_meta(self, method: str, **extra: Any) -> dict[str, Any]:
@@ -57,17 +57,18 @@ class MethodEntry:
     config_cls: type
     needs: tuple[str, ...] = ()  # artifact kinds the method reads (e.g. "feature_model")
     soft_labels: bool = False  # produces soft-label logits (then HLR needs a hard-label run)
+    ipc_free: bool = False  # the image set does not depend on IPC (stored once, as ipc0)
 
 
 METHODS: Registry[MethodEntry] = Registry("method")
 
 
 def register_method(name: str, config_cls: type, needs: tuple[str, ...] = (),
-                    soft_labels: bool = False):
+                    soft_labels: bool = False, ipc_free: bool = False):
     """Decorator: register `fn(ctx, cfg) -> ImageSet` under `name` with its config dataclass."""
 
     def decorator(fn):
-        METHODS.add(name, MethodEntry(name, fn, config_cls, tuple(needs), soft_labels))
+        METHODS.add(name, MethodEntry(name, fn, config_cls, tuple(needs), soft_labels, ipc_free))
         return fn
 
     return decorator
@@ -82,6 +83,8 @@ def get_method(name: str) -> MethodEntry:
 def run_method(name: str, ctx: DistillContext, params: dict[str, Any] | None) -> ImageSet:
     entry = get_method(name)
     cfg = from_dict(entry.config_cls, params, where=f"methods.{name}")
+    if ctx.ipc == 0 and not entry.ipc_free:
+        raise ValueError(f"method '{name}' needs a positive IPC, got 0")
     missing = [k for k in entry.needs if k not in ctx.artifacts]
     if missing:
         raise ValueError(f"method '{name}' needs artifacts {missing}; the workflow provides them")

@@ -13,7 +13,7 @@ class FullConfig:
     """No hyperparameters: the image set is the LT training split itself."""
 
 
-@register_method("full", FullConfig)
+@register_method("full", FullConfig, ipc_free=True)
 def full(ctx: DistillContext, cfg: FullConfig) -> ImageSet:
     data = ctx.data
     return ImageSet(

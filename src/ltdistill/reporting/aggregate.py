@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..atomic import write_text
+
 # Identity of one evaluation record, in table order. Every record must carry these keys
 # (aggregation reads them from the JSON, never from the file path).
 IDENTITY = ["dataset", "imbalance_factor", "ipc", "method", "distill_seed", "model", "recipe",
@@ -121,6 +123,20 @@ def collect(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     if len(df):
         df = df.sort_values(IDENTITY, kind="mergesort", na_position="last").reset_index(drop=True)
+    return df
+
+
+def write_tidy(df: pd.DataFrame, path: str | Path) -> None:
+    """Write the `collect` table as CSV, atomically."""
+    write_text(path, df.to_csv(index=False))
+
+
+def read_tidy(path: str | Path) -> pd.DataFrame:
+    """Read a CSV written by `write_tidy`, restoring the integer (nullable) identity columns."""
+    df = pd.read_csv(path)
+    for col in _INT_COLUMNS:
+        if col in df.columns:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     return df
 
 

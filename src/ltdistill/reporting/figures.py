@@ -110,7 +110,7 @@ def classwise_bars(df_classwise: pd.DataFrame, out: str | Path,
     ax.set_xlim(-0.6, n_cls - 0.4)
     ax.set_ylim(0, 105)
     ax.set_ylabel("accuracy (%)")
-    ax.legend(fontsize=8, ncols=min(n_m, 6), loc="upper right", bbox_to_anchor=(1.0, 0.93))
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     distilled = sub[~sub["method"].isin(REFERENCE_METHODS)]
     d, f, p = (distilled if len(distilled) else sub)[["dataset", "imbalance_factor", "ipc"]].iloc[0]
     ax.set_title(f"{dataset_label(d, f)}, IF {f}, IPC {p}: class-wise accuracy", fontsize=10)

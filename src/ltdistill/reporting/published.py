@@ -21,6 +21,8 @@ KNOWN_METHODS = (
 
 COLUMNS = ["source", "table", "dataset", "imbalance_factor", "ipc", "method", "model", "metric",
            "mean", "std", "uncertain", "note", "unit"]
+#: Methods whose result does not depend on IPC; joined with published rows that have no IPC.
+IPC_FREE_METHODS = ("full",)
 KEY = ["dataset", "imbalance_factor", "ipc", "method", "model"]
 CSV_NAME = "published_results.csv"
 
@@ -73,6 +75,7 @@ def match(df_ours: pd.DataFrame, published: pd.DataFrame | None = None, model: s
     Join keys: dataset, imbalance_factor, ipc, method, model. Our rows are taken from the given
     recipes (the method's own recipe, not the hard-label run) and successful records only. The
     model is each row's own `model`; rows without one are taken as `model` (default ConvNet-3).
+    The full-data reference is matched without IPC (its `ipc` is NA in the output).
     Returns one row per our setting with columns ours_top1_pct, ours_std_pct, n_evals,
     published_top1_pct, published_std_pct, published_uncertain, published_source, published_note
     and delta_pp (ours - published, percentage points). Settings with no published number keep
@@ -84,6 +87,8 @@ def match(df_ours: pd.DataFrame, published: pd.DataFrame | None = None, model: s
     if "model" not in ours.columns:
         ours["model"] = model
     ours["model"] = ours["model"].fillna(model)
+    # IPC-free references (the full-data run, stored as ipc 0) match published rows without IPC
+    ours["ipc"] = ours["ipc"].astype("Int64").mask(ours["method"].isin(IPC_FREE_METHODS))
     rows = []
     for key, grp in ours.groupby(KEY, sort=True, dropna=False):
         m, s, n = mean_std(grp["top1"].to_numpy(dtype=float) * 100.0)
