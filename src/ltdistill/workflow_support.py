@@ -27,6 +27,13 @@ def method_slug_registered(config: dict, slug: str) -> str:
     """The registered method behind a slug (a variant names it with `method:`)."""
     params = config["method_params"].get(slug)
     if params is None:
+        from .methods import METHODS, get_method
+
+        get_method("full")  # loads every method module
+        if slug not in METHODS:
+            variants = sorted(set(config["method_params"]) - set(METHODS.names()))
+            raise ConfigError(f"unknown method '{slug}'. Known methods: {', '.join(METHODS.names())}"
+                              + (f"; configured variants: {', '.join(variants)}" if variants else ""))
         raise ConfigError(f"method '{slug}' has no method_params entry; add `method_params: {slug}: {{}}`")
     return params.get("method", slug)
 
