@@ -37,7 +37,7 @@ def test_outputs_exist_and_are_consistent(ran: Path):
     for ext in ("md", "tex", "csv"):
         assert (ran / f"results/tables/main.{ext}").stat().st_size > 0
     main = (ran / "results/tables/main.md").read_text()
-    assert "random" in main and "±" in main
+    assert "| Random |" in main and "±" in main  # display names, not slugs
     assert (ran / "results/figures/tsne/fashion_mnist_if10.png").stat().st_size > 1000
     assert (ran / "results/figures/images/fashion_mnist/if10/ipc2/random/s0.png").exists()
     record = json.loads(next((ran / "results/evaluation").rglob("seed0.json")).read_text())
