@@ -36,24 +36,24 @@ class GSAM:
 
     @staticmethod
     def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-        return sum((x * y).sum() for x, y in zip(a, b))
+        return sum((x * y).sum() for x, y in zip(a, b, strict=True))
 
     def step(self, loss_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Take one GSAM step; returns the loss at the unperturbed weights."""
         loss, g = self._grads(loss_fn)
         with torch.no_grad():
-            scaled = [p.abs() * gi if self.adaptive else gi for p, gi in zip(self.params, g)]
+            scaled = [p.abs() * gi if self.adaptive else gi for p, gi in zip(self.params, g, strict=True)]
             norm = self._dot(scaled, scaled).sqrt()
             e = [self.rho * (p.pow(2) if self.adaptive else 1.0) * gi / (norm + self.eps)
-                 for p, gi in zip(self.params, g)]
-            for p, ei in zip(self.params, e):
+                 for p, gi in zip(self.params, g, strict=True)]
+            for p, ei in zip(self.params, e, strict=True):
                 p.add_(ei)
         _, gp = self._grads(loss_fn)
         with torch.no_grad():
-            for p, ei in zip(self.params, e):
+            for p, ei in zip(self.params, e, strict=True):
                 p.sub_(ei)
             coef = self._dot(g, gp) / (self._dot(gp, gp) + self.eps)
-            for p, gi, gpi in zip(self.params, g, gp):
+            for p, gi, gpi in zip(self.params, g, gp, strict=True):
                 perp = gi - coef * gpi
                 p.grad = gpi - self.alpha * perp
         self.base.step()

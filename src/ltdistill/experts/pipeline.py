@@ -8,9 +8,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import ConfigError, config_hash
-from ..data.prepared import load_prepared
-from ..models import build_model, classifier_start, count_parameters
+from ..data.prepared import PreparedData, load_prepared
+from ..models import ModelSpec, build_model, classifier_start, count_parameters
 from ..provenance import Stopwatch, provenance
 from .storage import load_expert, save_expert
 from .train import KINDS, ExpertConfig, expert_config, expert_seed, train_expert
@@ -37,6 +39,46 @@ def job_settings(config: dict, kind: str) -> dict[str, Any]:
 def expert_paths(config: dict, dataset: str, imbalance_factor: int | str, kind: str) -> list[str]:
     n = kind_config(config, kind).num_experts
     return [f"results/experts/{dataset}/if{imbalance_factor}/{kind}/expert_{i}.pt" for i in range(n)]
+
+
+def check_experts_config(config: dict) -> None:
+    """Validate every trajectory expert kind present in `experts:` (other families' kinds in the
+    same section are left to their own checks)."""
+    for kind, settings in (config.get("experts") or {}).items():
+        if kind in KINDS:
+            expert_config(kind, settings)
+    for kind in KINDS:
+        cfg = kind_config(config, kind)
+        if cfg.init_from and cfg.num_experts > kind_config(config, cfg.init_from).num_experts:
+            raise ConfigError(f"experts.{kind}.num_experts ({cfg.num_experts}) exceeds "
+                              f"experts.{cfg.init_from}.num_experts: expert i starts from "
+                              f"{cfg.init_from} expert i")
+
+
+def expert_init_path(config: dict, dataset: str, imbalance_factor: int | str, kind: str,
+                     index: int | str) -> str | None:
+    """The expert that initialises expert `index` of `kind` (damed_cls i <- damed_rep i), or None."""
+    source = kind_config(config, kind).init_from
+    if source is None:
+        return None
+    return f"results/experts/{dataset}/if{imbalance_factor}/{source}/expert_{index}.pt"
+
+
+def expert_prep_path(config: dict, dataset: str, imbalance_factor: int | str, kind: str) -> str:
+    """The preprocessing artifact expert jobs of `kind` read (the one its consuming methods use)."""
+    prep = expert_preprocessing_kind(config, dataset, kind)
+    return f"results/preprocess/{dataset}/if{imbalance_factor}/{prep}.pt"
+
+
+def expert_job_inputs(config: dict, dataset: str, imbalance_factor: int | str, kind: str,
+                      index: int | str) -> dict[str, str]:
+    """The inputs of one train_expert job besides the dataset cache and split: `prep`, and `init`
+    when the kind starts from another kind's expert."""
+    inputs = {"prep": expert_prep_path(config, dataset, imbalance_factor, kind)}
+    init = expert_init_path(config, dataset, imbalance_factor, kind, index)
+    if init:
+        inputs["init"] = init
+    return inputs
 
 
 def _consumers(config: dict, kind: str) -> list[str]:
@@ -69,25 +111,33 @@ def train_expert_job(cache: str | Path, split: str | Path, preprocessing: str | 
                      index: int, settings: dict[str, Any], network: dict[str, Any],
                      dsa_strategy: str, device: str, out: str | Path,
                      init_path: str | Path | None = None) -> None:
-    """Train expert `index` of `kind` and write it (snapshots + metadata) atomically."""
+    """Train expert `index` of `kind` on one (dataset, IF) and write it atomically."""
     from ..pipeline import network_spec, resolve_device
 
-    clock = Stopwatch()
     dev = resolve_device(device)
     data = load_prepared(cache, split, preprocessing)
-    cfg = expert_config(kind, settings)
-    spec = network_spec(network, data)
+    build_expert(data, network_spec(network, data), kind, index, expert_config(kind, settings), dev,
+                 out, init_path, dsa_strategy)
+
+
+def build_expert(data: PreparedData, spec: ModelSpec, kind: str, index: int, cfg: ExpertConfig,
+                 device: torch.device | str, out: str | Path, init_path: str | Path | None = None,
+                 dsa_strategy: str = "color_crop_cutout_flip_scale_rotate") -> None:
+    """Train expert `index` of `kind` on prepared data and write snapshots + metadata to `out`."""
+    clock = Stopwatch()
     init, init_meta = None, None
     if cfg.init_from is not None:
         if init_path is None:
             raise ValueError(f"{kind} experts start from {cfg.init_from} expert {index}; pass its path")
         source = load_expert(init_path)
+        if source.meta["kind"] != cfg.init_from:
+            raise ValueError(f"{init_path} is a {source.meta['kind']} expert, not {cfg.init_from}")
         if source.meta["preprocessing_digest"] != data.preprocessing.digest:
-            raise ValueError(f"{init_path} was trained in another preprocessing than {preprocessing}")
+            raise ValueError(f"{init_path} was trained in another preprocessing than this data")
         init = source.final()
         init_meta = {"path": str(init_path), "kind": source.meta["kind"],
                      "config_hash": source.meta["config_hash"], "test_top1": source.meta["test_top1"]}
-    snapshots, acc = train_expert(data, spec, cfg, kind, index, dev, init, dsa_strategy)
+    snapshots, acc = train_expert(data, spec, cfg, kind, index, device, init, dsa_strategy)
     model = build_model(spec, 0)
     identity = asdict(cfg)
     identity.pop("num_experts")
@@ -99,7 +149,7 @@ def train_expert_job(cache: str | Path, split: str | Path, preprocessing: str | 
         "preprocessing_digest": data.preprocessing.digest, "test_top1": acc,
         "num_params": count_parameters(model), "classifier_start": classifier_start(model),
         "epochs": cfg.epochs, "model_spec": asdict(spec), "dsa_strategy": dsa_strategy,
-        "init_from": init_meta, "provenance": provenance(dev, clock.elapsed),
+        "init_from": init_meta, "provenance": provenance(device, clock.elapsed),
     }
     save_expert(out, snapshots, meta)
     log.info("wrote %s expert %d (%d snapshots x %d) in %.1fs", kind, index, snapshots.shape[0],

@@ -25,6 +25,22 @@ from .storage import flatten_parameters, load_flat_parameters
 log = logging.getLogger("ltdistill.experts")
 
 
+def coerce_float_fields(obj: Any) -> None:
+    """YAML 1.1 (PyYAML, used by Snakemake) reads `1e-5` as a string: turn numeric strings in the
+    float-typed fields of a frozen dataclass into floats, and reject other strings there."""
+    import typing
+    from dataclasses import fields
+
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if float in typing.get_args(hints[f.name]) + (hints[f.name],) and isinstance(value, str):
+            try:
+                object.__setattr__(obj, f.name, float(value))
+            except ValueError:
+                raise ValueError(f"{f.name} must be a number, got '{value}'") from None
+
+
 @dataclass(frozen=True)
 class ExpertConfig:
     """Settings of one expert kind (`experts: <kind>:` in the config; KIND_DEFAULTS fill the rest).
@@ -36,7 +52,9 @@ class ExpertConfig:
     trainable: all | classifier (backbone frozen; the features are computed without gradients).
     init_from: another kind whose expert i (final snapshot) initialises expert i, or None (seeded
         random init). maxnorm: project classifier rows after every step (off = released code).
-    seed: base seed; expert i of kind k uses seeds derived from (k, seed, i)."""
+    seed: base seed; expert i of kind k uses seeds derived from (k, seed, i).
+    test_subset: the final test accuracy recorded in the metadata uses this many test images
+        (0 = all; a CPU-budget knob, the accuracy is informative only)."""
 
     num_experts: int = 100
     epochs: int = 100
@@ -55,9 +73,11 @@ class ExpertConfig:
     maxnorm: bool = False
     maxnorm_thresh: float = 0.1
     dsa: bool = True
+    test_subset: int = 0  # 0 = the whole balanced test split; n = a fixed seeded subset of n images
     seed: int = 0
 
     def __post_init__(self) -> None:
+        coerce_float_fields(self)
         if isinstance(self.maxnorm, str):  # YAML 1.1 reads `off` as False already; accept words
             word = self.maxnorm.strip().lower()
             if word not in ("on", "off", "true", "false"):
@@ -119,6 +139,8 @@ def train_expert(data: PreparedData, spec: ModelSpec, cfg: ExpertConfig, kind: s
     device = torch.device(device)
     seed = expert_seed(kind, cfg, index)
     model = build_model(spec, seed).to(device)
+    fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format  # faster CPU convs
+    model = model.to(memory_format=fmt)
     if init is not None:
         load_flat_parameters(model, init.to(device))
     model.train()
@@ -152,6 +174,7 @@ def train_expert(data: PreparedData, spec: ModelSpec, cfg: ExpertConfig, kind: s
             x = x_all[idx]
             if cfg.dsa:
                 x = dsa(x, dsa_params, generator=g_aug)
+            x = x.contiguous(memory_format=fmt)
             y = y_all[idx]
             if cls_only:  # frozen backbone: features once, only the classifier sees gradients
                 with torch.no_grad():
@@ -173,22 +196,27 @@ def train_expert(data: PreparedData, spec: ModelSpec, cfg: ExpertConfig, kind: s
                 base.step()
             if maxnorm is not None:
                 maxnorm(model.classifier.weight.data)
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             seen += len(idx)
         snapshots.append(flatten_parameters(model))
         progress.step(loss=loss_sum / max(seen, 1))
-    acc = test_accuracy(model, data, device)
+    acc = test_accuracy(model, data, device, cfg.test_subset)
     log.info("expert %s %d: test top-1 %.4f", kind, index, acc)
     return torch.stack(snapshots), acc
 
 
 @torch.no_grad()
 def test_accuracy(model: torch.nn.Module, data: PreparedData, device: torch.device,
-                  batch_size: int = 512) -> float:
+                  subset: int = 0, batch_size: int = 512) -> float:
+    """Top-1 on the balanced test split (or a fixed seeded subset of `subset` images), eval mode."""
+    images, labels = data.test_images, data.test_labels
+    if 0 < subset < len(labels):
+        pick = torch.randperm(len(labels), generator=generator("expert-test-subset"))[:subset]
+        images, labels = images[pick], labels[pick]
     model.eval()
     correct = 0
-    for i in range(0, len(data.test_labels), batch_size):
-        out = model(data.test_images[i:i + batch_size].to(device))
-        correct += int((out.argmax(1).cpu() == data.test_labels[i:i + batch_size]).sum())
+    for i in range(0, len(labels), batch_size):
+        out = model(images[i:i + batch_size].to(device))
+        correct += int((out.argmax(1).cpu() == labels[i:i + batch_size]).sum())
     model.train()
-    return correct / max(len(data.test_labels), 1)
+    return correct / max(len(labels), 1)

@@ -1,0 +1,12 @@
+"""Train one expert trajectory of one kind on one (dataset, IF) and write its snapshot file."""
+
+from ltdistill.experts.pipeline import train_expert_job
+from ltdistill.jobs import start
+
+sm = snakemake  # noqa: F821
+start(sm)
+w = sm.wildcards
+init = sm.input.init if "init" in sm.input.keys() else None
+train_expert_job(sm.input.cache, sm.input.split, sm.input.prep, w.expert_kind, int(w.i),
+                 sm.params.settings, sm.params.network, sm.params.dsa_strategy, sm.params.device,
+                 sm.output[0], init_path=init)
