@@ -38,8 +38,10 @@ class DCConfig:
     dis_metric: str = "ours"  # ours (layer-wise) | mse | cos
     # (ipc, outer_loop, inner_loop); other IPCs use the nearest lower entry
     loops: tuple[tuple[int, int, int], ...] = DEFAULT_LOOPS
-    syn_grads: str = "loop"  # loop | vmap (exact batched synthetic gradients over classes)
-    channels_last: bool = True  # channels-last tensors on CPU
+    # loop | vmap: exact batched synthetic gradients over classes (not faster on CPU here; see
+    # benchmarks/bench_matching.py)
+    syn_grads: str = "loop"
+    channels_last: bool = False  # channels-last tensors on CPU (slower at 1x28x28 width 32 here)
     log_every: float = 10.0  # seconds between progress lines
 
     def __post_init__(self) -> None:

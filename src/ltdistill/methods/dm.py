@@ -5,10 +5,12 @@ mean embedding (`model.embed`) of a Siamese-augmented real batch and of the clas
 one SGD step on the pixels (spec trajectory_methods.md §3). Class means are computed per class, so
 a tail class with fewer images than batch_real works (the reference's BN reshape does not).
 
-Fast path (`batched: true`, exact for networks whose norms act per sample): one forward pass over
-the real batches of all classes (no gradient) and one over all synthetic images, each class
-augmented with its own Siamese seed; `batched: false` runs the straightforward per-class passes.
-With BatchNorm the batched pass normalises over all classes together, as the reference BN path."""
+Batched path (`batched: true`, exact for networks whose norms act per sample): one forward pass
+over the real batches of all classes (no gradient) and one over all synthetic images, each class
+augmented with its own Siamese seed; `batched: false` (default) runs the per-class passes. On the
+2-core CPU the per-class passes were faster (benchmarks/bench_matching.py: the batched pass
+materialises activations of every class at once); the batched path is meant for GPUs. With
+BatchNorm the batched pass normalises over all classes together, as the reference BN path."""
 
 from __future__ import annotations
 
@@ -50,8 +52,9 @@ class DMConfig:
     ipc_policy: str = "duplicate"  # IPC > n_c: inherent | duplicate | noise (real init)
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"  # 'none' disables augmentation
     dsa_align_corners: bool = True
-    batched: bool = True  # one forward over all classes (exact fast path) vs per-class passes
-    channels_last: bool = True  # channels-last tensors on CPU
+    # one forward over all classes (exact) vs per-class passes; per-class measured faster on CPU
+    batched: bool = False
+    channels_last: bool = False  # channels-last tensors on CPU (slower at 1x28x28 width 32 here)
     log_every: float = 10.0  # seconds between progress lines
 
     def __post_init__(self) -> None:
@@ -123,7 +126,7 @@ def dm(ctx: DistillContext, cfg: DMConfig) -> ImageSet:
         seeds = [siamese_seed_for(ctx.seed, it, c) for c in range(C)] if params is not None else None
         loss = dm_loss(net, syn, bounds, real.all_classes(cfg.batch_real), seeds, params,
                        cfg.batched, mf)
-        losses.append(check_finite(loss, method, it) / C)
+        losses.append(check_finite(loss, method, it) / C)  # per class
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

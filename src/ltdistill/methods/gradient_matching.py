@@ -9,8 +9,13 @@
 
 Fast path (exact): the per-class synthetic gradients can be computed in one batched call with
 `torch.func.vmap(torch.func.grad(...))` over classes (`syn_grads: vmap`) instead of a loop
-(`syn_grads: loop`). During matching every norm acts per sample (instance/group/layer norm, or
-BatchNorm frozen in eval mode), so batching classes does not change any value.
+(`syn_grads: loop`, default). During matching every norm acts per sample (instance/group/layer
+norm, or BatchNorm frozen in eval mode), so batching classes does not change any value. On the
+2-core CPU the vmap path was not faster (benchmarks/bench_matching.py); it is meant for GPUs.
+The pixel gradient is taken with autograd.grad w.r.t. the images only (loss.backward() would also
+fill the network's .grad with unused second-order terms).
+
+Reported losses (meta first_loss / final_loss / loss_trace) are per class and per outer loop.
 """
 
 from __future__ import annotations
@@ -371,8 +376,9 @@ def gradient_matching(ctx: DistillContext, cfg: Any, method: str,
             loss = gm_loss(net, syn, bounds, batches, seeds, params, cfg.dis_metric,
                            cfg.syn_grads, mf)
             it_loss += check_finite(loss, method, it, f" (outer loop {ol})")
-            opt_img.zero_grad(set_to_none=True)
-            loss.backward()
+            # only the pixels need the gradient (loss.backward() would also fill the net's .grad
+            # with unused second-order terms)
+            (syn.grad,) = torch.autograd.grad(loss, [syn])
             opt_img.step()
             if ol == outer - 1:
                 break
