@@ -39,10 +39,42 @@ def _check_preprocessing(image_set: ImageSet, data: PreparedData) -> None:
                          f"test data uses {expected}; evaluate with the matching preprocessing")
 
 
+def _train_protocol_b(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
+                      recipe: TrainRecipe, lr: float, seed: int, device: torch.device | str,
+                      artifacts: dict[str, Any] | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    from ..statistical.expert_io import load_expert_model
+    from .protocol_b import resolve_label_source, teacher_preprocessing, train_protocol_b
+
+    source = resolve_label_source(recipe, image_set.meta)
+    teacher = teacher_prep = static = None
+    info: dict[str, Any] = {"protocol": "b", "label_source": source}
+    if source == "online":
+        path = (artifacts or {}).get("teacher")
+        if path is None:
+            raise ValueError("Protocol B with online labels needs artifacts={'teacher': path}")
+        teacher, _, meta = load_expert_model(path, str(device))
+        names = meta.get("class_names")
+        if names is not None and list(names) != list(data.class_names):
+            raise ValueError(f"teacher {path} has a different class map than the test data")
+        teacher_prep = teacher_preprocessing(meta, data.preprocessing)
+        info["teacher"] = str(path)
+    elif source == "static":
+        if image_set.soft_labels is None:
+            raise ValueError("label_source static needs an image set with stored soft labels")
+        static = image_set.soft_labels
+    model = train_protocol_b(spec, image_set.images, image_set.labels, recipe=recipe, lr=lr,
+                             seed=seed, device=device, preprocessing=data.preprocessing,
+                             teacher=teacher, teacher_prep=teacher_prep, static_logits=static,
+                             progress_label=f"eval B {spec.arch} seed {seed}")
+    return model, info
+
+
 def evaluate_image_set(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
                        recipe: TrainRecipe, seed: int,
-                       device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Protocol A evaluation of `image_set` with one freshly initialised model (seed `seed`).
+                       device: torch.device | str = "cpu",
+                       artifacts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluation of `image_set` with one freshly initialised model (seed `seed`): Protocol A, or
+    Protocol B when recipe.protocol == "b" (the teacher arrives as artifacts={"teacher": path}).
 
     Returns {"lr", "lr_source", "epochs", "passes", "batch_size", "soft_labels_used",
     "train_images", "train_seed", "model_spec", "train_recipe", "test": metrics, "lt_test": metrics
@@ -65,9 +97,15 @@ def evaluate_image_set(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
     lr, lr_source = select_lr(recipe, image_set.learned_lr)
     soft = image_set.soft_labels if recipe.use_soft_labels else None
     start = time.perf_counter()
-    model = train_classifier(spec, image_set.images, image_set.labels, recipe=recipe, lr=lr,
-                             seed=seed, device=device, soft_labels=soft,
-                             progress_label=f"eval {spec.arch} seed {seed}")
+    extra: dict[str, Any] = {}
+    if recipe.protocol == "b":
+        model, extra = _train_protocol_b(image_set, data, spec, recipe, lr, seed, device,
+                                         artifacts)
+        soft = image_set.soft_labels if extra["label_source"] == "static" else None
+    else:
+        model = train_classifier(spec, image_set.images, image_set.labels, recipe=recipe, lr=lr,
+                                 seed=seed, device=device, soft_labels=soft,
+                                 progress_label=f"eval {spec.arch} seed {seed}")
     groups = list(data.groups)
     test = metrics_from_predictions(data.test_labels, predict(model, data.test_images),
                                     data.num_classes, groups)
@@ -80,7 +118,7 @@ def evaluate_image_set(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
         "lr": lr,
         "lr_source": lr_source,
         "epochs": recipe.epochs,
-        "passes": recipe.epochs + 1,
+        "passes": recipe.epochs if recipe.protocol == "b" else recipe.epochs + 1,
         "batch_size": recipe.batch_size,
         "soft_labels_used": soft is not None,
         "train_images": int(image_set.images.shape[0]),
@@ -90,4 +128,5 @@ def evaluate_image_set(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
         "test": test,
         "lt_test": lt_test,
         "wall_time_s": round(wall, 3),
+        **extra,
     })

@@ -24,6 +24,13 @@ class TrainRecipe:
     lr: None selects the image set's learned lr if it has one, else `default_lr`.
     use_soft_labels: False gives the hard-label variant (HLR), which ignores stored soft labels.
     channels_last: use the channels-last memory format on CPU (faster convolutions).
+
+    protocol "b" selects Protocol B (evaluation_protocol.md §3, evaluation/protocol_b.py); the
+    fields after `protocol` only apply to it and their defaults leave Protocol A unchanged:
+    kd_ce_weight κ1 (CE on the un-mixed hard label), kd_mse_weight κ2 (MSE to teacher logits),
+    ema_decay (student EMA, tested with the EMA weights), randaugment, rrc_scale, cutmix (every
+    batch, λ ~ Beta(cutmix_alpha, cutmix_alpha)), quantise (to uint8 before augmenting) and
+    label_source: auto (the image set's meta label_mode, default online) | online | static.
     """
 
     epochs: int
@@ -37,8 +44,25 @@ class TrainRecipe:
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     use_soft_labels: bool = True
     channels_last: bool = True
+    protocol: str = "a"
+    kd_ce_weight: float = 0.025
+    kd_mse_weight: float = 1.0
+    ema_decay: float = 0.99
+    randaugment: bool = True
+    rrc_scale: tuple[float, float] = (0.5, 1.0)
+    cutmix: bool = True
+    cutmix_alpha: float = 1.0
+    quantise: bool = True
+    label_source: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.protocol not in ("a", "b"):
+            raise ValueError(f"TrainRecipe.protocol must be 'a' or 'b', got '{self.protocol}'")
+        if self.label_source not in ("auto", "online", "static"):
+            raise ValueError("TrainRecipe.label_source must be auto, online or static, "
+                             f"got '{self.label_source}'")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"TrainRecipe.ema_decay must lie in [0, 1), got {self.ema_decay}")
         if int(self.epochs) != self.epochs or self.epochs < 1:
             raise ValueError(f"TrainRecipe.epochs must be an integer >= 1, got {self.epochs}")
         if int(self.batch_size) != self.batch_size or self.batch_size < 1:
