@@ -139,6 +139,7 @@ class StabilityConfig:
     method: str | None = None
     ipc: int | None = None
     distill_seed: int | None = None
+    datasets: tuple[str, ...] | None = None  # null = every grid dataset (needs its IF-1 reference)
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ class FiguresConfig:
     table: bool = True  # results/tables/two_stage.{md,tex,csv}
     max_points: int = 1000  # test images in the t-SNE
     seed: int = 0
+    datasets: tuple[str, ...] | None = None  # t-SNE and bars only for these (null = all)
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,8 @@ def two_stage_config(section: dict[str, Any] | None) -> TwoStageConfig:
             sub = dict(data.pop(key) or {})
             if key == "group_classifier":
                 sub.setdefault("use_soft_labels", False)
+            if isinstance(sub.get("datasets"), list):
+                sub["datasets"] = tuple(sub["datasets"])
             kwargs[key] = from_dict(cls, sub, where=f"two_stage.{key}")
     return from_dict(TwoStageConfig, {**data, **kwargs}, where="two_stage")
 
