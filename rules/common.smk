@@ -2,8 +2,10 @@
 import hashlib
 from pathlib import Path
 
+from ltdistill.two_stage.targets import two_stage_report_targets, two_stage_targets
 from ltdistill.workflow_support import (
     check_config,
+    code_closure,
     eval_recipe,
     evaluation_targets,
     method_needs,
@@ -90,8 +92,13 @@ def distill_artifacts(w, input):
 
 
 def method_code(w):
+    """Hash of the method's module and every package module it imports (workflow_support.
+    code_closure): editing trajectory_core.py reruns mtt/datm/damed, not random."""
     registered = method_slug_registered(config, w.method)
-    return code_digest(f"src/ltdistill/methods/{registered}.py")
+    return code_digest(*code_closure(ROOT / "src/ltdistill", f"methods.{registered}"))
+
+
+EVAL_CODE = code_digest(*code_closure(ROOT / "src/ltdistill", "evaluation.evaluate"))
 
 
 def image_set_path(w):
@@ -100,4 +107,5 @@ def image_set_path(w):
 
 
 def get_final_outputs():
-    return evaluation_targets(config) + report_targets()
+    return (evaluation_targets(config) + report_targets() + two_stage_targets(config)
+            + two_stage_report_targets(config))

@@ -9,6 +9,7 @@ rule evaluate:
     params:
         recipe=lambda w: eval_recipe(config, w.dataset, w.method, w.recipe),
         network=config["network"],
+        code=EVAL_CODE,
         device=DEVICE,
     threads: THREADS
     log:

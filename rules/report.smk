@@ -11,7 +11,7 @@ REPORT_CODE = code_digest(
     "src/ltdistill/reporting/run.py",
 )
 FIGURE_CODE = code_digest("src/ltdistill/reporting/figures.py", "src/ltdistill/reporting/run.py")
-TABLES = ["main", "classwise", "shot", "hlr_ior", "cross_arch", "cost"]
+TABLES = ["main", "protocol_b", "classwise", "shot", "hlr_ior", "cross_arch", "cost"]
 
 
 def report_targets():

@@ -73,6 +73,17 @@ def check_config(config: dict) -> None:
         models |= set(cross["models"])
     for model in sorted(models):
         MODELS.get(model)
+    pb = config["evaluation"].get("protocol_b") or {}
+    for key in ("methods", "skip_protocol_a"):
+        for slug in pb.get(key, []):
+            if slug not in config["method_params"]:
+                raise ConfigError(f"evaluation.protocol_b.{key} names unknown method '{slug}'")
+    unknown = set(pb) - set(PROTOCOL_B_RECIPE_KEYS) - {"methods", "skip_protocol_a", "teacher",
+                                                        "method_overrides"}
+    if unknown:
+        raise ConfigError(f"evaluation.protocol_b has unknown keys {sorted(unknown)}; known: "
+                          f"{', '.join(PROTOCOL_B_RECIPE_KEYS)}, methods, skip_protocol_a, "
+                          "teacher, method_overrides")
     for name, opts in config["datasets"].items():
         for slug in opts.get("zca_methods", []):
             if slug not in config["method_params"]:
@@ -86,12 +97,38 @@ def preprocessing_kind(config: dict, dataset: str, slug: str) -> str:
     return opts.get("preprocessing", "normalise")
 
 
+PROTOCOL_B_DEFAULTS: dict[str, Any] = {
+    "protocol": "b", "epochs": 1000, "batch_size": 50, "lr": 0.1, "momentum": 0.875,
+    "weight_decay": 5e-4,
+}
+#: keys of `evaluation.protocol_b` that are TrainRecipe fields (the rest select methods/teacher)
+PROTOCOL_B_RECIPE_KEYS = (
+    "epochs", "batch_size", "lr", "momentum", "weight_decay", "kd_ce_weight", "kd_mse_weight",
+    "ema_decay", "randaugment", "rrc_scale", "cutmix", "cutmix_alpha", "quantise", "label_source",
+    "channels_last",
+)
+RECIPES = ("protocol_a", "hard", "protocol_b")
+
+
 def eval_recipe(config: dict, dataset: str, slug: str, recipe: str) -> dict[str, Any]:
     """The TrainRecipe fields for evaluating `slug` on `dataset` under `recipe`.
 
-    protocol_a: the method's own recipe (soft labels when present, learned lr when present).
-    hard: the same with soft labels dropped (hard-label recovery, HLR)."""
+    protocol_a: the method's own recipe (soft labels when present, learned lr when present),
+        then `evaluation.method_overrides[slug]`.
+    hard: the same with soft labels dropped (hard-label recovery, HLR).
+    protocol_b: the KD recipe of evaluation_protocol.md §3 (PROTOCOL_B_DEFAULTS), overlaid with
+        the recipe keys of `evaluation.protocol_b`, then `evaluation.protocol_b.method_overrides`."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown evaluation recipe '{recipe}'. Known recipes: {', '.join(RECIPES)}")
     ev = config["evaluation"]
+    if recipe == "protocol_b":
+        pb = ev.get("protocol_b") or {}
+        fields = dict(PROTOCOL_B_DEFAULTS)
+        fields.update({k: pb[k] for k in PROTOCOL_B_RECIPE_KEYS if k in pb})
+        fields.update((pb.get("method_overrides") or {}).get(slug, {}))
+        if isinstance(fields.get("rrc_scale"), list):
+            fields["rrc_scale"] = tuple(fields["rrc_scale"])
+        return fields
     soft = method_soft_labels(config, slug)
     recipe_fields = {
         "epochs": ev["epochs"],
@@ -103,9 +140,22 @@ def eval_recipe(config: dict, dataset: str, slug: str, recipe: str) -> dict[str,
         "use_soft_labels": recipe != "hard",
     }
     recipe_fields.update(ev.get("method_overrides", {}).get(slug, {}))
-    if recipe not in ("protocol_a", "hard"):
-        raise ConfigError(f"unknown evaluation recipe '{recipe}'. Known recipes: protocol_a, hard")
     return recipe_fields
+
+
+def method_recipes(config: dict, slug: str) -> list[str]:
+    """The evaluation recipes a method gets: protocol_a (unless listed in
+    `evaluation.protocol_b.skip_protocol_a`), hard for soft-label methods, protocol_b for the
+    methods listed in `evaluation.protocol_b.methods`."""
+    pb = config["evaluation"].get("protocol_b") or {}
+    recipes = []
+    if slug not in pb.get("skip_protocol_a", []):
+        recipes.append("protocol_a")
+        if method_soft_labels(config, slug):
+            recipes.append("hard")
+    if slug in pb.get("methods", []):
+        recipes.append("protocol_b")
+    return recipes
 
 
 def stored_ipc(config: dict, slug: str, ipc: int) -> int:
@@ -119,7 +169,7 @@ def evaluation_targets(config: dict) -> list[str]:
     targets: set[str] = set()
 
     def add(point: GridPoint, slug: str, models: list[str]) -> None:
-        recipes = ["protocol_a"] + (["hard"] if method_soft_labels(config, slug) else [])
+        recipes = method_recipes(config, slug)
         ipc = stored_ipc(config, slug, point.ipc)
         for dseed in config["distill_seeds"]:
             for model in models:
@@ -151,3 +201,47 @@ def image_set_targets(config: dict) -> list[str]:
 
 def dataset_if_pairs(config: dict) -> list[tuple[str, int]]:
     return sorted({(p.dataset, p.imbalance_factor) for p in grid_points(config)})
+
+
+#: modules whose edit must not rerun a job: logging, provenance and file writing never change a
+#: number; the method table of contents only lists modules; dataset loaders only shape the
+#: dataset cache, which is itself an input file of every job (so its content hash covers them)
+NON_NUMERIC_MODULES = frozenset({"progress", "provenance", "atomic", "jobs", "methods._load_all",
+                                 "data.loaders"})
+
+
+def code_closure(package_dir: str, module: str) -> list[str]:
+    """The package's source files that `module` (dotted, relative to the package, e.g.
+    "methods.mtt") imports, transitively, through relative imports - the code whose edit must
+    rerun a job. Files in NON_NUMERIC_MODULES are left out."""
+    import ast
+    from pathlib import Path
+
+    root = Path(package_dir)
+
+    def path_of(dotted: str) -> Path | None:
+        base = root.joinpath(*dotted.split("."))
+        for cand in (base.with_suffix(".py"), base / "__init__.py"):
+            if cand.is_file():
+                return cand
+        return None
+
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen or any(name == m or name.startswith(m + ".") for m in NON_NUMERIC_MODULES):
+            continue
+        path = path_of(name)
+        if path is None:
+            continue
+        seen[name] = path
+        pkg = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                parent = pkg[: len(pkg) - (node.level - 1)] if node.level > 1 else pkg
+                target = ".".join(parent + ([node.module] if node.module else []))
+                todo.append(target)
+                for alias in node.names:  # `from . import x` / `from .pkg import submodule`
+                    todo.append(f"{target}.{alias.name}" if target else alias.name)
+    return sorted(str(p.relative_to(root.parent.parent)) for p in seen.values())

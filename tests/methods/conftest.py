@@ -14,6 +14,8 @@ from ltdistill.evaluation.train import TrainRecipe, train_classifier
 from ltdistill.models import ModelSpec
 from ltdistill.models.io import save_model
 
+from . import statistical_builders, trajectory_builders
+
 TOY_SPEC = dict(arch="convnet3", width=8)
 
 
@@ -34,9 +36,17 @@ def build_feature_model(tmp: Path, data) -> Path:
 
 ARTIFACT_BUILDERS: dict[str, Callable[[Path, object], object]] = {
     "feature_model": build_feature_model,
+    **trajectory_builders.BUILDERS,
+    **statistical_builders.BUILDERS,
 }
 
-TINY_PARAMS: dict[str, dict] = {}
+TINY_PARAMS: dict[str, dict] = {
+    "dc": {"iterations": 2, "batch_real": 8, "loops": [[1, 2, 2]]},
+    "dsa": {"iterations": 2, "batch_real": 8, "loops": [[1, 2, 2]]},
+    "dm": {"iterations": 3, "batch_real": 8},
+    **trajectory_builders.PARAMS,
+    **statistical_builders.PARAMS,
+}
 
 
 @pytest.fixture(scope="session")

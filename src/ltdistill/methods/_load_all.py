@@ -1,3 +1,17 @@
 """Explicit, alphabetised table of contents: importing a module registers its method."""
 
-from . import full, herding, k_center, random  # noqa: F401
+from . import (  # noqa: F401
+    damed,
+    datm,
+    dc,
+    dm,
+    dsa,
+    full,
+    herding,
+    k_center,
+    mtt,
+    random,
+    rded,
+    rldd,
+    sre2l,
+)

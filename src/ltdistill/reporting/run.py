@@ -56,6 +56,8 @@ def make_tables(tidy: str | Path, outputs: Sequence[str | Path], method_order: S
     stems = {Path(p).with_suffix("") for p in outputs}
     builders = {
         "main": lambda: T.main_table(df, published=True, order=order),
+        # RLDD-style KD evaluation (evaluation_protocol.md §3): its own table, never mixed with A
+        "protocol_b": lambda: T.main_table(df, published=True, order=order, recipe="protocol_b"),
         "classwise": lambda: _classwise_all(df, order),
         "shot": lambda: T.shot_table(df, order=order),
         "hlr_ior": lambda: T.hlr_ior_table(with_hard_label_rows(df), order=order),
