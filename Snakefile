@@ -34,3 +34,12 @@ rule all:
     default_target: True
     input:
         get_final_outputs(),
+
+
+onsuccess:
+    # failure records (a method diverged or could not run) do not fail a job; say so at the end
+    from ltdistill.reporting.failures import summary
+
+    n_failed, text = summary("results/tables/evaluations.csv")
+    if n_failed:
+        print(text)

@@ -42,6 +42,8 @@ case "$cmd" in
     "$VENV/bin/snakemake" --cores all "$@"
     "$VENV/bin/snakemake" --report results/report.html "$@"
     echo "tables: results/tables/  figures: results/figures/  report: results/report.html"
+    # methods that diverged or could not run left failure records: list them, exit 3
+    "$VENV/bin/python" -m ltdistill.reporting.failures results/tables/evaluations.csv
     ;;
   test)
     setup

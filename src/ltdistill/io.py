@@ -58,6 +58,15 @@ class ImageSet:
             raise ImageSetError(f"learned_lr must be positive, got {self.learned_lr}")
 
     @property
+    def failed(self) -> bool:
+        """A failure record: the method diverged or could not run (meta "failure" says why)."""
+        return self.meta.get("status") == "failed"
+
+    @property
+    def failure_reason(self) -> str | None:
+        return (self.meta.get("failure") or {}).get("reason") if self.failed else None
+
+    @property
     def per_class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
@@ -93,6 +102,15 @@ def save_image_set(path: str | Path, image_set: ImageSet) -> None:
     payload["header_json"] = json.dumps(header, default=str)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def failure_image_set(num_classes: int, shape: tuple[int, int, int], kind: str, reason: str,
+                      meta: dict[str, Any]) -> ImageSet:
+    """The record a method leaves when it diverges or cannot run: no images, status "failed" and
+    the reason, in the same file format so the DAG continues and every consumer can tell."""
+    return ImageSet(images=torch.zeros(0, *shape), labels=torch.zeros(0, dtype=torch.long),
+                    num_classes=num_classes,
+                    meta={**meta, "status": "failed", "failure": {"kind": kind, "reason": reason}})
 
 
 def load_image_set(path: str | Path) -> ImageSet:

@@ -17,7 +17,7 @@ from .data.base import load_dataset, load_dataset_cache, save_dataset_cache
 from .data.long_tail import Split, make_split
 from .data.prepared import PreparedData, load_prepared
 from .data.preprocess import make_preprocessing, save_preprocessing
-from .io import load_image_set, save_image_set
+from .io import failure_image_set, load_image_set, save_image_set
 from .models import ModelSpec
 from .models.io import save_model
 from .provenance import Stopwatch, provenance
@@ -117,11 +117,21 @@ def train_reference(cache: str | Path, split: str | Path, preprocessing: str | P
 
 # --- distillation ---------------------------------------------------------------------------
 
+def checkpoint_path(out: str | Path) -> Path:
+    """Where a job writing `out` keeps its checkpoint: next to it, so a rerun finds it."""
+    return Path(f"{out}.ckpt")
+
+
 def distill(cache: str | Path, split: str | Path, preprocessing: str | Path, method: str,
             params: dict[str, Any], ipc: int, seed: int, network: dict[str, Any], device: str,
-            artifacts: dict[str, Any], out: str | Path, identity: dict[str, Any]) -> None:
-    """Run one registered method and write its image set (atomically) with provenance."""
+            artifacts: dict[str, Any], out: str | Path, identity: dict[str, Any],
+            checkpoint_every_s: float = 600.0) -> None:
+    """Run one registered method and write its image set (atomically) with provenance. A method
+    that diverges (FloatingPointError) or cannot run on this grid point (MethodCannotRun) leaves a
+    failure record in the same file instead, so the rest of the DAG completes and the tables
+    show "–" with the reason."""
     from .methods import DistillContext, run_method
+    from .methods.base import METHOD_FAILURES, MethodCannotRun
 
     clock = Stopwatch()
     dev = resolve_device(device)
@@ -129,9 +139,19 @@ def distill(cache: str | Path, split: str | Path, preprocessing: str | Path, met
     params = dict(params)
     registered = params.pop("method", method)
     ctx = DistillContext(data=data, ipc=int(ipc), seed=int(seed), device=dev,
-                         model=network_spec(network, data), artifacts=artifacts)
+                         model=network_spec(network, data), artifacts=artifacts,
+                         checkpoint_path=checkpoint_path(out),
+                         checkpoint_every_s=float(checkpoint_every_s))
     log.info("distilling %s (registered %s) ipc %d seed %d on %s", method, registered, ipc, seed, dev)
-    image_set = run_method(registered, ctx, params)
+    try:
+        image_set = run_method(registered, ctx, params)
+    except METHOD_FAILURES as exc:
+        kind = "cannot_run" if isinstance(exc, MethodCannotRun) else "diverged"
+        reason = f"{method} {'cannot run' if kind == 'cannot_run' else 'diverged'}: {exc}"
+        log.error("FAILED %s (%s); writing a failure record instead of an image set", reason,
+                  type(exc).__name__)
+        image_set = failure_image_set(data.num_classes, tuple(data.train_images.shape[1:]), kind,
+                                      reason, ctx.base_meta(method))
     image_set.meta.update(identity)
     image_set.meta["method"] = method
     image_set.meta["registered_method"] = registered
@@ -141,8 +161,10 @@ def distill(cache: str | Path, split: str | Path, preprocessing: str | Path, met
     image_set.meta["provenance"] = provenance(dev, clock.elapsed, {"method_params": params,
                                                                    "network": network})
     save_image_set(out, image_set)
-    log.info("wrote %d images (%s per class) in %.1fs", len(image_set.labels),
-             image_set.per_class_counts, clock.elapsed)
+    checkpoint_path(out).unlink(missing_ok=True)  # a failure record leaves none behind either
+    if not image_set.failed:
+        log.info("wrote %d images (%s per class) in %.1fs", len(image_set.labels),
+                 image_set.per_class_counts, clock.elapsed)
 
 
 # --- evaluation -----------------------------------------------------------------------------
@@ -155,6 +177,14 @@ def _nan_to_none(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_nan_to_none(v) for v in obj]
     return obj
+
+
+def failed_record(identity: dict[str, Any], image_set, device: torch.device, seconds: float,
+                  settings: dict[str, Any]) -> dict[str, Any]:
+    """The metrics record of an evaluation whose image set is a failure record."""
+    return {**identity, "status": "failed", "reason": image_set.failure_reason,
+            "failure": image_set.meta.get("failure"),
+            "provenance": provenance(device, seconds, settings)}
 
 
 def evaluate(image_set_path: str | Path, cache: str | Path, split: str | Path,
@@ -171,6 +201,11 @@ def evaluate(image_set_path: str | Path, cache: str | Path, split: str | Path,
     data = load_prepared(cache, split, preprocessing)
     image_set = load_image_set(image_set_path)
     rec = from_dict(TrainRecipe, recipe, where="evaluation")
+    if image_set.failed:
+        write_json(out, failed_record(identity, image_set, dev, clock.elapsed, {"recipe": asdict(rec)}))
+        log.warning("%s: image set is a failure record (%s); nothing to train", identity,
+                    image_set.failure_reason)
+        return
     spec = network_spec(network, data, arch=arch)
     extra = {"artifacts": artifacts} if artifacts else {}
     result = evaluate_image_set(image_set, data, spec, rec, int(seed), dev, **extra)

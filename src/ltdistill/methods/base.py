@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import Checkpointer
 from ..config import from_dict
 from ..data.prepared import PreparedData
 from ..io import ImageSet
@@ -30,11 +31,19 @@ class DistillContext:
     device: torch.device
     model: ModelSpec  # the distillation network (architecture, width, depth, norm)
     artifacts: dict[str, Any] = field(default_factory=dict)
-    checkpoint_dir: Path | None = None
+    checkpoint_path: Path | None = None  # where long loops checkpoint (None = never)
+    checkpoint_every_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.ipc < 0:
             raise ValueError(f"ipc must be a positive integer, got {self.ipc}")
+
+    def checkpointer(self, method: str, settings: Any) -> Checkpointer:
+        """The Checkpointer of this job's main loop; its fingerprint ties a checkpoint to the
+        method, its settings, IPC, seed and the data split, so a stale one is never resumed."""
+        fingerprint = {"method": method, "settings": settings, "ipc": self.ipc, "seed": self.seed,
+                       "split": self.data.split.to_json(), "model": self.model}
+        return Checkpointer(self.checkpoint_path, self.checkpoint_every_s, fingerprint)
 
     def base_meta(self, method: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -48,6 +57,16 @@ class DistillContext:
             "lt_counts": self.data.counts,
             **extra,
         }
+
+
+class MethodCannotRun(RuntimeError):
+    """The method cannot run on this grid point (the papers' "–" cells: e.g. too few real images
+    of a class for the requested initialisation, or an expert pool without a usable snapshot).
+    The workflow records the reason instead of an image set; divergence raises FloatingPointError."""
+
+
+#: what the distill stage turns into a failure record (everything else is a bug and fails the job)
+METHOD_FAILURES = (FloatingPointError, MethodCannotRun)
 
 
 @dataclass(frozen=True)
@@ -92,4 +111,6 @@ def run_method(name: str, ctx: DistillContext, params: dict[str, Any] | None) ->
     image_set.validate()
     if not torch.isfinite(image_set.images).all():
         raise FloatingPointError(f"method '{name}' produced non-finite pixels")
+    if image_set.soft_labels is not None and not torch.isfinite(image_set.soft_labels).all():
+        raise FloatingPointError(f"method '{name}' produced non-finite soft labels")
     return image_set

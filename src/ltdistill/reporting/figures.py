@@ -196,7 +196,7 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 def image_grid(images01: Any, labels: Any, class_names: Sequence[str], out: str | Path,
-               max_per_class: int = 10) -> list[Path]:
+               max_per_class: int = 10, note: str | None = None) -> list[Path]:
     """One row per class with up to `max_per_class` of its images (in the given order).
 
     `images01`: N × C × H × W in [0, 1] (torch tensor or array; values are clipped), C = 1 or 3;
@@ -232,6 +232,8 @@ def image_grid(images01: Any, labels: Any, class_names: Sequence[str], out: str 
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
     ax.tick_params(length=0)
+    if note:  # e.g. the reason of a failure record, which has no images to show
+        ax.set_title(note, fontsize=8, color="firebrick", wrap=True)
     return save_figure(fig, out)
 
 

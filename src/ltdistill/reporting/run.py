@@ -4,8 +4,8 @@ workflow script. Only reads metrics JSONs, image sets and features; never trains
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -132,7 +132,8 @@ def image_grid(image_set_path: str | Path, preprocessing_path: str | Path, cache
     s = load_image_set(image_set_path)
     prep = load_preprocessing(preprocessing_path)
     class_names = load_dataset_cache(cache).class_names
-    draw(prep.to_unit(s.images), s.labels, class_names, out, max_per_class=max_per_class)
+    draw(prep.to_unit(s.images), s.labels, class_names, out, max_per_class=max_per_class,
+         note=f"failed: {s.failure_reason}" if s.failed else None)
 
 
 def tsne_plot(features_path: str | Path, out: str | Path, seed: int) -> None:

@@ -18,7 +18,7 @@ from ..evaluation.train import TrainRecipe, predict, train_classifier
 from ..io import ImageSet, load_image_set, load_tensors, save_tensors
 from ..methods.common import embed_images
 from ..models.io import load_model
-from ..pipeline import _nan_to_none, network_spec, resolve_device
+from ..pipeline import _nan_to_none, failed_record, network_spec, resolve_device
 from ..provenance import Stopwatch, provenance
 from ..seeding import derive_seed, generator
 from .config import split_variant, two_stage_config
@@ -221,6 +221,13 @@ def group_classifier(cache: str | Path, split: str | Path, preprocessing: str | 
     image_set = None
     if image_set_path is not None:
         image_set = load_image_set(image_set_path)
+        if image_set.failed:  # nothing to train; the evaluations that need it record the failure
+            save_stage(out, {}, {}, {"stage": "group", "source": "distilled", "status": "failed",
+                                     "reason": image_set.failure_reason,
+                                     "provenance": provenance(dev, clock.elapsed)})
+            log.warning("image set %s is a failure record: %s", image_set_path,
+                        image_set.failure_reason)
+            return
         _check_preprocessing(image_set, data)
     source = "distilled" if image_set is not None else "original"
     stage = _stage_data(source, data, image_set)
@@ -265,6 +272,12 @@ def evaluate(identity: dict[str, Any], variant: str, cache: str | Path, split: s
         if image_set_path is None:
             raise ValueError(f"variant {variant} needs the method's image set")
         image_set = load_image_set(image_set_path)
+        if image_set.failed:
+            write_json(out, failed_record({**identity, "variant": variant}, image_set, dev,
+                                          clock.elapsed, {"two_stage": asdict(cfg)}))
+            log.warning("%s %s: image set is a failure record (%s)", identity.get("method"),
+                        variant, image_set.failure_reason)
+            return
         _check_preprocessing(image_set, data_m)
     group_models, stage1_meta = load_stage(group_model_path, str(dev))
     if stage1_meta["source"] != src1:
