@@ -229,7 +229,8 @@ def damed(ctx: DistillContext, cfg: DAMEDConfig) -> ImageSet:
         l_cls = phase(it, cls, sched_cls, phase_cls, cfg.syn_steps_cls, "cls", cfg.lambda_cls)
         return cfg.lambda_rep * l_rep + cfg.lambda_cls * l_cls, True
 
-    stats = optimise(syn, opts, cfg.iterations, step, f"damed ipc {ctx.ipc}")
+    stats = optimise(syn, opts, cfg.iterations, step, f"damed ipc {ctx.ipc}",
+                     ckpt=ctx.checkpointer("damed", cfg).track(run_rng=g_run))
     return finish(ctx, "damed", syn, labels, soft=True, policy=cfg.ipc_policy,
                   resolved=asdict(cfg), preset_used=note, dam_weights=weights.cpu().tolist(),
                   experts={"rep": pool_meta(rep), "cls": pool_meta(cls)},

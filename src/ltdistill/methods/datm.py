@@ -140,7 +140,8 @@ def datm(ctx: DistillContext, cfg: DATMConfig) -> ImageSet:
                           expert.snapshot(t + cfg.expert_epochs, dev), unroll, spec, cfg.tesla,
                           gate=cfg.threshold if cfg.threshold > 0 else None)
 
-    stats = optimise(syn, opts, cfg.iterations, step, f"datm ipc {ctx.ipc}")
+    stats = optimise(syn, opts, cfg.iterations, step, f"datm ipc {ctx.ipc}",
+                     ckpt=ctx.checkpointer("datm", cfg).track(run_rng=g_run))
     return finish(ctx, "datm", syn, labels, soft=True, policy=cfg.ipc_policy,
                   resolved=asdict(cfg), preset_used=note, experts=pool_meta(pool),
                   correct_found_per_class=found, **stats)

@@ -119,7 +119,10 @@ def dm(ctx: DistillContext, cfg: DMConfig) -> ImageSet:
     mf = memory_format_for(device, cfg.channels_last)
     progress = Progress(cfg.iterations, f"{method} distill", every_s=cfg.log_every)
     losses: list[float] = []
-    for it in range(cfg.iterations):
+    ckpt = ctx.checkpointer(method, cfg).track(syn=syn, opt=opt, real_rng=real.g, losses=losses)
+    start = ckpt.resume()
+    progress.step(start)
+    for it in range(start, cfg.iterations):
         net = fresh_net(ctx, method, it, mf)
         for p in net.parameters():
             p.requires_grad_(False)
@@ -131,6 +134,8 @@ def dm(ctx: DistillContext, cfg: DMConfig) -> ImageSet:
         loss.backward()
         opt.step()
         progress.step(loss=losses[-1])
+        ckpt.step(it + 1)
+    ckpt.finish()
     return ImageSet(
         images=syn.detach().cpu().float(), labels=labels, num_classes=C,
         meta=ctx.base_meta(

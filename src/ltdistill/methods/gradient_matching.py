@@ -362,7 +362,11 @@ def gradient_matching(ctx: DistillContext, cfg: Any, method: str,
     mf = memory_format_for(device, cfg.channels_last)
     progress = Progress(cfg.iterations, f"{method} distill", every_s=cfg.log_every)
     losses: list[float] = []
-    for it in range(cfg.iterations):
+    ckpt = ctx.checkpointer(method, cfg).track(syn=syn, opt_img=opt_img, real_rng=real.g,
+                                               shuffle_rng=g_shuffle, aug_rng=g_aug, losses=losses)
+    start = ckpt.resume()
+    progress.step(start)
+    for it in range(start, cfg.iterations):
         net = fresh_net(ctx, method, it, mf)
         opt_net = torch.optim.SGD(net.parameters(), lr=cfg.lr_net, momentum=cfg.momentum_net)
         bn = has_batchnorm(net)
@@ -386,6 +390,8 @@ def gradient_matching(ctx: DistillContext, cfg: Any, method: str,
                         g_shuffle, g_aug, mf)
         losses.append(it_loss / (C * outer))
         progress.step(loss=losses[-1])
+        ckpt.step(it + 1)
+    ckpt.finish()
     images = syn.detach().cpu().float()
     return ImageSet(
         images=images, labels=labels, num_classes=C,

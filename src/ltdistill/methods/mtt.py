@@ -109,6 +109,7 @@ def mtt(ctx: DistillContext, cfg: MTTConfig) -> ImageSet:
         return match_step(net, syn, expert.snapshot(t, dev), expert.snapshot(t + cfg.expert_epochs, dev),
                           unroll, spec, cfg.tesla)
 
-    stats = optimise(syn, opts, cfg.iterations, step, f"mtt ipc {ctx.ipc}")
+    stats = optimise(syn, opts, cfg.iterations, step, f"mtt ipc {ctx.ipc}",
+                     ckpt=ctx.checkpointer("mtt", cfg).track(run_rng=g_run))
     return finish(ctx, "mtt", syn, labels, soft=False, policy=cfg.ipc_policy,
                   resolved=asdict(cfg), preset_used=note, experts=pool_meta(pool), **stats)

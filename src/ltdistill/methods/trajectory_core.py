@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from ..checkpoint import Checkpointer
+from ..checkpoint import disabled as disabled_checkpointer
 from ..data.augment import DSAParams, dsa
 from ..evaluation.train import soft_cross_entropy
 from ..experts.storage import ExpertPool
@@ -522,13 +524,20 @@ class FinalSnapshots(Sequence):
 
 def optimise(syn: Synthetic, opts: list[torch.optim.Optimizer], iterations: int,
              step_fn: Callable[[int], tuple[float, bool]], label: str,
-             trace_points: int = 200) -> dict[str, Any]:
+             trace_points: int = 200, ckpt: Checkpointer | None = None) -> dict[str, Any]:
     """The outer loop: zero grads, `step_fn(it)` accumulates gradients and returns (loss, apply),
-    then every optimiser steps unless the step was gated. Returns loss statistics for the meta."""
+    then every optimiser steps unless the step was gated. Returns loss statistics for the meta.
+    `ckpt` (tracking the caller's random generators) also saves the synthetic tensors, the
+    optimisers and the loss history, so a killed job resumes where it stopped."""
     progress = Progress(iterations, label)
     losses: list[float] = []
-    skipped = 0
-    for it in range(iterations):
+    skipped_log: list[int] = []
+    ckpt = ckpt or disabled_checkpointer()
+    ckpt.track(images=syn.images, targets=syn.targets, alpha=syn.alpha, losses=losses,
+               skipped=skipped_log, **{f"opt{i}": o for i, o in enumerate(opts)})
+    start = ckpt.resume()
+    progress.step(start)
+    for it in range(start, iterations):
         for opt in opts:
             opt.zero_grad(set_to_none=True)
         loss, apply = step_fn(it)
@@ -536,10 +545,13 @@ def optimise(syn: Synthetic, opts: list[torch.optim.Optimizer], iterations: int,
             for opt in opts:
                 opt.step()
         else:
-            skipped += 1
+            skipped_log.append(it)
         check_alpha(syn, it)
         losses.append(loss)
         progress.step(loss=loss, lr=float(syn.alpha.detach()))
+        ckpt.step(it + 1)
+    ckpt.finish()
+    skipped = len(skipped_log)
     every = max(1, math.ceil(iterations / trace_points))
     tenth = max(1, iterations // 10)
     return {"iterations": iterations, "skipped_iterations": skipped,

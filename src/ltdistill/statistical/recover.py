@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import Checkpointer
+from ..checkpoint import disabled as disabled_checkpointer
 from ..progress import Progress
 from ..seeding import generator
 from .augment import random_flip, random_resized_crop, random_roll
@@ -114,8 +116,11 @@ def _augment(x: torch.Tensor, s: RecoverSettings, g: torch.Generator) -> torch.T
 def recover(observer: nn.Module, init: torch.Tensor, labels: torch.Tensor, settings: RecoverSettings,
             seed: int, global_targets: Targets | None = None, class_targets: Targets | None = None,
             bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
-            device: torch.device | str = "cpu", label: str = "recover") -> tuple[torch.Tensor, list[float]]:
-    """Optimised copies of `init` (CPU float32) and the per-batch final statistic losses."""
+            device: torch.device | str = "cpu", label: str = "recover",
+            ckpt: Checkpointer | None = None) -> tuple[torch.Tensor, list[float]]:
+    """Optimised copies of `init` (CPU float32) and the per-batch final statistic losses.
+    `ckpt` saves the finished batches, so a killed job resumes with the next batch (each batch
+    draws from its own generator, so the result does not depend on where the job stopped)."""
     if settings.augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {AUGMENTS}, got '{settings.augment}'")
     device = torch.device(device)
@@ -130,8 +135,14 @@ def recover(observer: nn.Module, init: torch.Tensor, labels: torch.Tensor, setti
         lo, hi = (b.to(device).view(1, -1, 1, 1) for b in bounds)
     batches = batches_by_slot(labels, settings.per_class)
     progress = Progress(len(batches) * settings.iterations, label)
-    final_losses = []
+    final_losses: list[float] = []
+    ckpt = ckpt or disabled_checkpointer()
+    ckpt.track(images=out, final_losses=final_losses)
+    first = ckpt.resume()
+    progress.step(first * settings.iterations)
     for bi, idx in enumerate(batches):
+        if bi < first:
+            continue
         g = generator("recover", seed, bi)
         x = out[idx].to(device).requires_grad_(True)
         y = labels[idx].to(device)
@@ -150,6 +161,9 @@ def recover(observer: nn.Module, init: torch.Tensor, labels: torch.Tensor, setti
             loss = settings.r_bn * stat
             if settings.ce_weight:
                 loss = loss + settings.ce_weight * F.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite recovery loss ({float(loss)}) at batch {bi} "
+                                         f"iteration {it}; lower lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -159,6 +173,8 @@ def recover(observer: nn.Module, init: torch.Tensor, labels: torch.Tensor, setti
             progress.step(loss=float(loss.detach()), stat=float(stat.detach()))
         out[idx] = x.detach().cpu()
         final_losses.append(float(stat.detach()))
+        ckpt.step(bi + 1)
+    ckpt.finish()
     return out, final_losses
 
 

@@ -92,8 +92,11 @@ def synthesize(ctx: DistillContext, method: str, *, init: str, init_options: dic
         glob, cls = bn_targets_from(ctx, observer, bn_targets, bn_var, settings.class_wise)
         before = statistic_loss(observer, x0.to(ctx.device), y.to(ctx.device), glob, cls,
                                 settings.first_bn_multiplier)
+        ckpt = ctx.checkpointer(method, {"init": init, "init_options": init_options,
+                                         "settings": settings, "bn_targets": bn_targets,
+                                         "bn_var": bn_var, "artifacts": ctx.artifacts})
         images, final = recover(observer, x0, y, settings, ctx.seed, glob, cls, pixel_bounds(ctx),
-                                ctx.device, label=f"{method} recover")
+                                ctx.device, label=f"{method} recover", ckpt=ckpt)
         after = statistic_loss(observer, images.to(ctx.device), y.to(ctx.device), glob, cls,
                                settings.first_bn_multiplier)
         log.info("%s: statistic loss (un-augmented) %.4g -> %.4g", method, before, after)
