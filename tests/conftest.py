@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ltdistill.data.long_tail import make_split
-from ltdistill.data.preprocess import make_preprocessing
-from ltdistill.data.prepared import prepare
 from ltdistill.data.base import RawDataset
+from ltdistill.data.long_tail import make_split
+from ltdistill.data.prepared import prepare
+from ltdistill.data.preprocess import make_preprocessing
 
 torch.set_num_threads(1)
 

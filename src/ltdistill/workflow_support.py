@@ -3,8 +3,9 @@ package so it is unit-tested; it never imports snakemake."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from .config import ConfigError, from_dict
 

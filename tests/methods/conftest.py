@@ -5,8 +5,8 @@ defaults are paper-sized registers tiny parameters in TINY_PARAMS."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

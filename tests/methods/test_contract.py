@@ -88,7 +88,7 @@ def test_selected_images_are_real_training_images(toy_data, artifact_dir, artifa
     for name in ("random", "herding", "k_center"):
         arts = _artifacts(name, toy_data, artifact_dir, artifact_cache)
         s = run_method(name, _ctx(toy_data, 0, arts), {})
-        for img, label in zip(s.images, s.labels):
+        for img, label in zip(s.images, s.labels, strict=True):
             pool = toy_data.train_images[toy_data.train_labels == label]
             assert (pool == img).flatten(1).all(dim=1).any(), name
         # no duplicates under the inherent policy
