@@ -11,9 +11,24 @@ import torch
 from .progress import setup_logging
 
 
+def set_deterministic(enabled: bool) -> None:
+    """Bit-identical GPU runs: deterministic cuDNN/cuBLAS kernels, no autotuning. CPU runs are
+    deterministic already; on GPU this costs speed (the slower deterministic kernels)."""
+    if not enabled:
+        return
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=False)
+
+
 def start(job: Any) -> logging.Logger:
     setup_logging(job.log[0] if job.log else None)
     torch.set_num_threads(max(1, int(job.threads)))
+    runtime = (getattr(job, "config", None) or {}).get("runtime", {})
+    set_deterministic(bool(runtime.get("deterministic", False)))
     logger = logging.getLogger(f"ltdistill.job.{job.rule}")
     logger.info("rule %s wildcards %s threads %d", job.rule, dict(job.wildcards), job.threads)
     return logger

@@ -109,3 +109,62 @@ def test_recipes_per_method_and_targets():
     targets = evaluation_targets(config)
     assert not any("/rldd/" in t and "/protocol_a/" in t for t in targets)
     assert any("/rldd/" in t and "/protocol_b/" in t for t in targets)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["evaluation"].update(protocol_b={"epochz": 3}),
+     r"evaluation.protocol_b has unknown keys \['epochz'\]"),
+    (lambda c: c["evaluation"].update(protocol_b={"methods": ["rldx"]}),
+     "evaluation.protocol_b.methods names unknown method 'rldx'"),
+    (lambda c: c["datasets"]["fashion_mnist"].update(zca_methods=["mtx"]),
+     "zca_methods names unknown method 'mtx'"),
+    (lambda c: c.update(methods=["random", "mtt"]) or c["method_params"].update(mtt={"lr_imgg": 1}),
+     "lr_imgg"),
+])
+def test_bad_sections_are_named(edit, message):
+    from ltdistill.workflow_support import check_config
+
+    config = _config()
+    edit(config)
+    with pytest.raises((ConfigError, ValueError), match=message):
+        check_config(config)
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"variants": ["original_distiled"]}, "unknown two-stage variant 'original_distiled'"),
+    ({"kmeans": {"init": "kmeans+++"}}, "kmeans.init must be"),
+])
+def test_bad_two_stage_sections_are_named(section, message):
+    from ltdistill.two_stage.targets import settings
+
+    with pytest.raises((ConfigError, ValueError), match=message):
+        settings({"two_stage": section})
+
+
+@pytest.mark.parametrize("kind, settings, message", [
+    ("mtt", {"optimizer": "adam"}, "optimizer must be sgd or gsam"),
+    ("mtt", {"num_expert": 3}, "num_expert"),
+    ("observer_glmc", {"loss": "focal"}, "loss"),
+])
+def test_bad_expert_sections_are_named(kind, settings, message):
+    from ltdistill.experts.pipeline import check_experts_config
+    from ltdistill.statistical.pipeline import check_experts
+
+    with pytest.raises((ConfigError, ValueError), match=message):
+        check_experts_config({"experts": {kind: settings}, "methods": []})
+        check_experts({kind: settings})
+
+
+def test_deterministic_mode_switches_torch_flags():
+    from ltdistill.jobs import set_deterministic
+
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        set_deterministic(False)
+        assert torch.are_deterministic_algorithms_enabled() == before
+        set_deterministic(True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(before)
+        torch.backends.cudnn.deterministic = False

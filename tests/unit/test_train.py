@@ -220,3 +220,30 @@ def test_evaluate_rejects_class_mismatch():
     x, y = _toy(2, seed=0)
     with pytest.raises(ValueError, match="classes"):
         evaluate_image_set(ImageSet(x, y, 2), _data(), SPEC.with_classes(3), _recipe(), seed=0)
+
+
+def test_memory_format_choice_follows_the_norm():
+    from ltdistill.models import ModelSpec, build_model, preferred_memory_format
+
+    inst = build_model(ModelSpec("convnet3", 1, 10, 28, width=8), seed=0)  # GroupNorm(C, C)
+    bn = build_model(ModelSpec("convnet3", 1, 10, 28, width=8, norm="batch"), seed=0)
+    assert preferred_memory_format(inst, "cpu") == torch.contiguous_format
+    assert preferred_memory_format(bn, "cpu") == torch.channels_last
+    assert preferred_memory_format(bn, "cuda") == torch.contiguous_format  # never off CPU
+    assert preferred_memory_format(inst, "cpu", True) == torch.channels_last  # forced
+
+
+def test_channels_last_and_contiguous_training_agree():
+    """The fast path (layout chosen per model) trains the same model as the other layout."""
+    from ltdistill.evaluation.train import TrainRecipe, train_classifier
+    from ltdistill.models import ModelSpec
+
+    spec = ModelSpec("convnet3", 1, 4, 16, width=8)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(12, 1, 16, 16, generator=g), torch.arange(4).repeat(3)
+    out = []
+    for cl in (True, False):
+        recipe = TrainRecipe(epochs=3, batch_size=6, augment=True, channels_last=cl)
+        model = train_classifier(spec, x, y, recipe=recipe, lr=0.01, seed=0, device="cpu")
+        out.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.allclose(out[0], out[1], atol=1e-5, rtol=1e-4)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.preprocess import Preprocessing
-from ..models import ModelSpec, build_model
+from ..models import ModelSpec, build_model, preferred_memory_format
 from ..progress import Progress
 from ..seeding import derive_seed, generator
 from ..statistical.augment import (
@@ -117,9 +117,9 @@ def train_protocol_b(spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor
         raise ValueError("cannot train on an empty image set")
     if teacher is not None and static_logits is not None:
         raise ValueError("give either an online teacher or static logits, not both")
-    fmt = torch.channels_last if (recipe.channels_last and device.type == "cpu") \
-        else torch.contiguous_format
-    model = build_model(spec, seed).to(device).to(memory_format=fmt).train()
+    model = build_model(spec, seed).to(device)
+    fmt = preferred_memory_format(model, device, recipe.channels_last)
+    model = model.to(memory_format=fmt).train()
     ema = EMA(model, recipe.ema_decay)
     if teacher is not None:
         teacher = teacher.to(device).to(memory_format=fmt).eval()

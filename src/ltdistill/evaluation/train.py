@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import ModelSpec, build_model
+from ..models import ModelSpec, build_model, preferred_memory_format
 from ..progress import Progress
 from ..seeding import derive_seed, generator
 
@@ -23,7 +23,9 @@ class TrainRecipe:
         evaluate_synset does; the lr is multiplied by `decay_factor` once, after epoch E//2 + 1.
     lr: None selects the image set's learned lr if it has one, else `default_lr`.
     use_soft_labels: False gives the hard-label variant (HLR), which ignores stored soft labels.
-    channels_last: use the channels-last memory format on CPU (faster convolutions).
+    channels_last: None picks the faster memory format for the model on CPU
+        (models.preferred_memory_format: contiguous for GroupNorm/instance-norm ConvNets,
+        channels-last for BatchNorm models); True/False force it.
 
     protocol "b" selects Protocol B (evaluation_protocol.md §3, evaluation/protocol_b.py); the
     fields after `protocol` only apply to it and their defaults leave Protocol A unchanged:
@@ -43,7 +45,7 @@ class TrainRecipe:
     augment: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     use_soft_labels: bool = True
-    channels_last: bool = True
+    channels_last: bool | None = None
     protocol: str = "a"
     kd_ce_weight: float = 0.025
     kd_mse_weight: float = 1.0
@@ -171,12 +173,9 @@ def train_classifier(
             raise ImportError("recipe.augment=True needs ltdistill.data.augment (DSA)") from exc
         params = DSAParams(strategy=recipe.dsa_strategy)
 
-    channels_last = recipe.channels_last and device.type == "cpu"
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
     model = build_model(spec, seed).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    memory_format = preferred_memory_format(model, device, recipe.channels_last)
+    model = model.to(memory_format=memory_format)
     model.train()
 
     x_all = images.detach().to(device, torch.float32)

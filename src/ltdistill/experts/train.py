@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, from_dict
 from ..data.augment import DSAParams, dsa
 from ..data.prepared import PreparedData
-from ..models import ModelSpec, build_model, classifier_start
+from ..models import ModelSpec, build_model, classifier_start, preferred_memory_format
 from ..progress import Progress
 from ..seeding import derive_seed, generator
 from .gsam import GSAM
@@ -139,7 +139,7 @@ def train_expert(data: PreparedData, spec: ModelSpec, cfg: ExpertConfig, kind: s
     device = torch.device(device)
     seed = expert_seed(kind, cfg, index)
     model = build_model(spec, seed).to(device)
-    fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format  # faster CPU convs
+    fmt = preferred_memory_format(model, device)  # contiguous for instance norm (GroupNorm)
     model = model.to(memory_format=fmt)
     if init is not None:
         load_flat_parameters(model, init.to(device))

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import from_dict
-from ..models import ModelSpec, build_model
+from ..models import ModelSpec, build_model, preferred_memory_format
 from ..progress import Progress
 from ..seeding import derive_seed, generator
 from .augment import beta_sample, cutmix_box, paste_box, random_crop_pad, random_flip
@@ -185,8 +185,8 @@ def train_expert(images: torch.Tensor, labels: torch.Tensor, counts: list[int], 
             torch.manual_seed(derive_seed("expert-heads", seed))
             net = GLMCNet(backbone, num_classes, cfg.proj_dim)
     net = net.to(device).train()
-    fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    net = net.to(memory_format=fmt)  # channels-last convolutions are faster on CPU
+    fmt = preferred_memory_format(net, device)  # channels-last unless the net has GroupNorm
+    net = net.to(memory_format=fmt)
     x_all = images.to(device, torch.float32)
     y_all = labels.to(device, torch.long)
     onehot = F.one_hot(y_all, num_classes).float()

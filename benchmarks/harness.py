@@ -1,0 +1,199 @@
+"""The benchmark harness: one command, every stage, this machine's figures as JSON and Markdown.
+
+    python benchmarks/harness.py [--run-dir .] [--config config/config.yaml] [--toy]
+                                 [--out benchmarks/results/harness]
+
+What it measures, in one run:
+  machine      fp32 matmul GFLOP/s (best of 5, n = 2048), the reference every kernel is judged by;
+  kernels      ConvNet-3 training steps (width 32 and 128, 1x28x28, batch 256, contiguous and
+               channels_last): images/s, achieved GFLOP/s (FLOPs of forward + backward counted
+               analytically from the layer shapes by torch's FlopCounterMode) and the fraction of
+               the matmul peak;
+  pipeline     from a finished run of the workflow in --run-dir (Snakemake `benchmark:` TSVs,
+               metrics JSONs and the config): every method's distillation wall time, seconds per
+               iteration and peak RSS, expert / observer / teacher training images/s, evaluation
+               training images/s per method, and the whole grid's wall time (first job start to
+               last job end).
+--toy shrinks the kernels (the test suite runs it on the tiny config's run, without timing
+assertions). Family-specific kernel benchmarks with paper-scale settings: bench_matching.py,
+bench_trajectory.py, bench_statistical.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def matmul_gflops(n: int, reps: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def convnet_training(width: int, batch: int, steps: int, channels_last: bool) -> dict:
+    """Images/s and GFLOP/s of SGD steps of ConvNet-3 (instance norm) on 1x28x28 inputs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ltdistill.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec("convnet3", 1, 10, 28, width=width), seed=0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 1, 28, 28).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch,))
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    dt = (time.perf_counter() - t) / steps
+    return {"width": width, "batch": batch, "channels_last": channels_last,
+            "images_per_s": batch / dt, "gflop_per_step": flops / 1e9,
+            "gflops": flops / dt / 1e9}
+
+
+# --------------------------------------------------------------------------- pipeline figures
+
+def _tsv(path: Path) -> dict:
+    head, *rows = path.read_text().strip().splitlines()
+    vals = dict(zip(head.split("\t"), rows[-1].split("\t"), strict=True))
+    return {"wall_s": float(vals["s"]), "max_rss_mb": _num(vals.get("max_rss")),
+            "cpu_s": _num(vals.get("cpu_time")), "end": path.stat().st_mtime}
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def pipeline_figures(run_dir: Path, config: dict) -> dict:
+    bench = run_dir / "benchmarks"
+    tsvs = {p: _tsv(p) for p in bench.rglob("*.tsv")}
+    out: dict = {"jobs": len(tsvs)}
+    if not tsvs:
+        return out
+    start = min(v["end"] - v["wall_s"] for v in tsvs.values())
+    out["grid_wall_s"] = max(v["end"] for v in tsvs.values()) - start
+    out["sum_job_wall_s"] = sum(v["wall_s"] for v in tsvs.values())
+    params = config.get("method_params", {})
+    distill = []
+    for p, v in sorted(tsvs.items()):
+        rel = p.relative_to(bench).parts
+        if rel[0] != "distill":
+            continue
+        method = rel[-2]
+        iters = params.get(method, {}).get("iterations")
+        distill.append({"method": method, "ipc": rel[3].removeprefix("ipc"), "wall_s": v["wall_s"],
+                        "iterations": iters, "s_per_iteration": v["wall_s"] / iters if iters else None,
+                        "max_rss_mb": v["max_rss_mb"]})
+    out["distill"] = distill
+    experts = []
+    for p, v in sorted(tsvs.items()):
+        rel = p.relative_to(bench).parts
+        if rel[0] == "experts":
+            experts.append({"job": "/".join(rel[1:]).removesuffix(".tsv"), "wall_s": v["wall_s"],
+                            "max_rss_mb": v["max_rss_mb"]})
+    out["experts"] = experts
+    per_method: dict[str, list[float]] = {}
+    for rec_path in (run_dir / "results/evaluation").rglob("seed*.json"):
+        rec = json.loads(rec_path.read_text())
+        if rec.get("status") != "ok" or not rec.get("wall_time_s"):
+            continue
+        key = f"{rec['method']} ({rec.get('recipe')}, {rec.get('model')})"
+        per_method.setdefault(key, []).append(
+            rec["train_images"] * rec["passes"] / rec["wall_time_s"])
+    out["evaluation_images_per_s"] = {k: sum(v) / len(v) for k, v in sorted(per_method.items())}
+    return out
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"# ltdistill benchmark harness ({m['date']})", "",
+             f"`{report['command']}` on {m['cpu_count']} CPU cores, torch {m['torch']}, "
+             f"{m['threads']} threads; fp32 matmul peak **{m['matmul_gflops']:.0f} GFLOP/s**.", "",
+             "## Training kernels (ConvNet-3, 1x28x28)", "",
+             "| width | batch | layout | images/s | GFLOP/s | of matmul peak |", "|---:|---:|---|---:|---:|---:|"]
+    for k in report["kernels"]:
+        lines.append(f"| {k['width']} | {k['batch']} | {'channels_last' if k['channels_last'] else 'contiguous'} "
+                     f"| {k['images_per_s']:.0f} | {k['gflops']:.1f} | {k['gflops'] / m['matmul_gflops']:.0%} |")
+    p = report.get("pipeline") or {}
+    if p.get("jobs"):
+        lines += ["", f"## Pipeline ({p['jobs']} jobs in `{report['run_dir']}`)", "",
+                  f"Grid wall time **{p['grid_wall_s'] / 60:.1f} min** (first job start to last "
+                  f"job end); sum of job wall times {p['sum_job_wall_s'] / 60:.1f} min.", "",
+                  "| method | IPC | distill wall (s) | iterations | s / iteration | peak RSS (MB) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for d in p["distill"]:
+            spi = f"{d['s_per_iteration']:.3g}" if d["s_per_iteration"] else "–"
+            lines.append(f"| {d['method']} | {d['ipc']} | {d['wall_s']:.1f} | {d['iterations'] or '–'} "
+                         f"| {spi} | {d['max_rss_mb'] or 0:.0f} |")
+        if p["experts"]:
+            lines += ["", "| expert job | wall (s) | peak RSS (MB) |", "|---|---:|---:|"]
+            lines += [f"| {e['job']} | {e['wall_s']:.1f} | {e['max_rss_mb'] or 0:.0f} |" for e in p["experts"]]
+        if p["evaluation_images_per_s"]:
+            lines += ["", "| evaluation training | images/s |", "|---|---:|"]
+            lines += [f"| {k} | {v:.0f} |" for k, v in p["evaluation_images_per_s"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run-dir", default=".", help="workflow directory of a finished run")
+    ap.add_argument("--config", default=None, help="its config (default: <run-dir>/config/config.yaml)")
+    ap.add_argument("--toy", action="store_true", help="tiny kernels (for the test suite)")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "harness"))
+    args = ap.parse_args(argv)
+    import yaml
+
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.run_dir)
+    config = yaml.safe_load(Path(args.config or run_dir / "config/config.yaml").read_text())
+    n, steps, widths = (128, 1, [8]) if args.toy else (2048, 20, [32, 128])
+    batch = 16 if args.toy else 256
+    report = {
+        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "run_dir": str(run_dir),
+        "machine": {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu_count": os.cpu_count(),
+                    "processor": platform.processor() or platform.machine(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.is_available(), "matmul_gflops": matmul_gflops(n)},
+        "kernels": [convnet_training(w, batch, steps, cl) for w in widths for cl in (False, True)],
+        "pipeline": pipeline_figures(run_dir, config),
+    }
+    report["machine"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
