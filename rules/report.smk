@@ -20,7 +20,7 @@ def report_targets():
     targets += sorted({f"results/figures/classwise/{p.dataset}_if{p.imbalance_factor}_ipc{p.ipc}.png"
                        for p in grid_points(config)})
     targets += [f"results/figures/tsne/{d}_if{i}.png" for d, i in dataset_if_pairs(config)]
-    targets += [t.replace("results/distilled/", "results/figures/images/").replace("/image_set.pt", ".png")
+    targets += [str(Path(t).parent).replace("results/distilled", "results/figures/images", 1) + ".png"
                 for t in image_set_targets(config)]
     return targets
 
