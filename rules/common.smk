@@ -11,6 +11,7 @@ from ltdistill.workflow_support import (
     method_needs,
     method_slug_registered,
     preprocessing_kind,
+    reference_recipe,
 )
 
 check_config(config)

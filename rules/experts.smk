@@ -10,7 +10,7 @@ rule train_reference:
         "results/reference/{dataset}/if{imb}/model.pt",
     params:
         network=config["network"],
-        recipe={k: v for k, v in config["reference"].items() if k != "seed"},
+        recipe=lambda w: reference_recipe(config, int(w.imb)),
         seed=config["reference"]["seed"],
         dsa_strategy=lambda w: config["datasets"][w.dataset]["dsa_strategy"],
         device=DEVICE,

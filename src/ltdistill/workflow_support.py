@@ -70,8 +70,12 @@ def check_config(config: dict) -> None:
         params = {k: v for k, v in config["method_params"][slug].items() if k != "method"}
         from_dict(entry.config_cls, params, where=f"method_params.{slug}")
     models = set(config["evaluation"]["models"]) | {config["network"]["arch"]}
-    for cross in config["evaluation"].get("cross_arch", []):
+    for i, cross in enumerate(config["evaluation"].get("cross_arch", [])):
         models |= set(cross["models"])
+        for slug in cross.get("methods") or []:
+            if slug not in config["method_params"]:
+                raise ConfigError(f"evaluation.cross_arch[{i}].methods names unknown method "
+                                  f"'{slug}'; known: {', '.join(config['method_params'])}")
     for model in sorted(models):
         MODELS.get(model)
     pb = config["evaluation"].get("protocol_b") or {}
@@ -144,16 +148,31 @@ def eval_recipe(config: dict, dataset: str, slug: str, recipe: str) -> dict[str,
     return recipe_fields
 
 
+def reference_recipe(config: dict, imbalance_factor: int) -> dict[str, Any]:
+    """The TrainRecipe fields of the reference ConvNet at one imbalance factor:
+    `reference` without its seed, with `reference.epochs_by_if[imbalance_factor]` (when given)
+    replacing `epochs`. The two-stage t-SNE's balanced (IF 1) reference trains on ~4x the
+    images of the IF 100 split; the default config gives it fewer epochs, so both references see
+    about the same number of samples."""
+    ref = config["reference"]
+    fields = {k: v for k, v in ref.items() if k not in ("seed", "epochs_by_if")}
+    by_if = {int(k): int(v) for k, v in (ref.get("epochs_by_if") or {}).items()}
+    if int(imbalance_factor) in by_if:
+        fields["epochs"] = by_if[int(imbalance_factor)]
+    return fields
+
+
 def method_recipes(config: dict, slug: str) -> list[str]:
     """The evaluation recipes a method gets: protocol_a (unless listed in
-    `evaluation.protocol_b.skip_protocol_a`), hard for soft-label methods, protocol_b for the
-    methods listed in `evaluation.protocol_b.methods`."""
+    `evaluation.protocol_b.skip_protocol_a`), hard for soft-label methods (always: HLR needs the
+    hard-label accuracy of every image set, whatever its own recipe), protocol_b for the methods
+    listed in `evaluation.protocol_b.methods`."""
     pb = config["evaluation"].get("protocol_b") or {}
     recipes = []
     if slug not in pb.get("skip_protocol_a", []):
         recipes.append("protocol_a")
-        if method_soft_labels(config, slug):
-            recipes.append("hard")
+    if method_soft_labels(config, slug):
+        recipes.append("hard")
     if slug in pb.get("methods", []):
         recipes.append("protocol_b")
     return recipes
@@ -185,8 +204,10 @@ def evaluation_targets(config: dict) -> list[str]:
             add(point, slug, ev["models"])
     for cross in ev.get("cross_arch", []):
         point = GridPoint(cross["dataset"], int(cross["imbalance_factor"]), int(cross["ipc"]))
+        chosen = cross.get("methods")  # null = all; names outside `methods:` are not run
         for slug in config["methods"]:
-            add(point, slug, cross["models"])
+            if chosen is None or slug in chosen:
+                add(point, slug, cross["models"])
     return sorted(targets)
 
 

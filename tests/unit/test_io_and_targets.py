@@ -102,10 +102,40 @@ def test_protocol_b_recipe_defaults_and_overrides():
         eval_recipe(config, "fashion_mnist", "random", "protocol_c")
 
 
+def test_reference_recipe_per_imbalance_factor():
+    from ltdistill.workflow_support import reference_recipe
+
+    config = _config()
+    config["reference"] = {"epochs": 30, "batch_size": 256, "lr": 0.01, "seed": 3,
+                           "epochs_by_if": {1: 8}}
+    assert reference_recipe(config, 100) == {"epochs": 30, "batch_size": 256, "lr": 0.01}
+    assert reference_recipe(config, 1) == {"epochs": 8, "batch_size": 256, "lr": 0.01}
+    del config["reference"]["epochs_by_if"]
+    assert reference_recipe(config, 1)["epochs"] == 30
+
+
+def test_cross_arch_entries_choose_their_methods():
+    config = _config()
+    config["methods"] = ["random", "herding", "rldd"]
+    config["method_params"].update(herding={})
+    config["evaluation"]["protocol_b"] = {}
+    config["evaluation"]["seeds"] = [0]
+    config["evaluation"]["cross_arch"] = [{"dataset": "fashion_mnist", "imbalance_factor": 10,
+                                           "ipc": 2, "models": ["alexnet"],
+                                           "methods": ["herding", "mtt"]}]
+    alex = [t for t in evaluation_targets(config) if "/alexnet/" in t]
+    # mtt is defined but not in `methods:`, so it is not run; random is not chosen
+    assert alex == ["results/evaluation/fashion_mnist/if10/ipc2/herding/s0/alexnet/protocol_a/seed0.json"]
+    config["evaluation"]["cross_arch"][0]["methods"] = None
+    alex = {t.split("/")[5] for t in evaluation_targets(config) if "/alexnet/" in t}
+    assert alex == {"random", "herding", "rldd"}
+
+
 def test_recipes_per_method_and_targets():
     config = _config()
     assert method_recipes(config, "random") == ["protocol_a", "protocol_b"]
-    assert method_recipes(config, "rldd") == ["protocol_b"]
+    # RLDD is scored with Protocol B only, but HLR still needs its hard-label accuracy
+    assert method_recipes(config, "rldd") == ["hard", "protocol_b"]
     targets = evaluation_targets(config)
     assert not any("/rldd/" in t and "/protocol_a/" in t for t in targets)
     assert any("/rldd/" in t and "/protocol_b/" in t for t in targets)
@@ -116,6 +146,8 @@ def test_recipes_per_method_and_targets():
      r"evaluation.protocol_b has unknown keys \['epochz'\]"),
     (lambda c: c["evaluation"].update(protocol_b={"methods": ["rldx"]}),
      "evaluation.protocol_b.methods names unknown method 'rldx'"),
+    (lambda c: c["evaluation"]["cross_arch"][0].update(methods=["randon"]),
+     r"evaluation.cross_arch\[0\].methods names unknown method 'randon'"),
     (lambda c: c["datasets"]["fashion_mnist"].update(zca_methods=["mtx"]),
      "zca_methods names unknown method 'mtx'"),
     (lambda c: c.update(methods=["random", "mtt"]) or c["method_params"].update(mtt={"lr_imgg": 1}),

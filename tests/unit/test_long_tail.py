@@ -196,6 +196,15 @@ def test_lt_test_uses_damed_even_for_ldam_training():
     assert split.notes["test_selection"] == "damed"
 
 
+def test_test_per_class_caps_both_test_splits():
+    train, test = balanced_labels(10, 50), balanced_labels(10, 20)
+    split = make_split("toy", train, test, 10, 10, lt_test=True, test_per_class=5)
+    assert [len(ix) for ix in split.balanced_test_indices] == [5] * 10
+    # the LT test profile starts from 5 instead of 20: 5 * 10^(-c/9), floored at 1
+    assert [len(ix) for ix in split.test_indices] == lt_counts(5, 10, 10, floor=1)
+    assert [len(ix) for ix in split.test_indices][:2] == [5, 3]
+
+
 # ----------------------------------------------------------------------------------------------
 # damed selection (section 3.1)
 

@@ -182,6 +182,21 @@ def test_hlr_ior_hand_check(tmp_path):
     assert "30.0" in md and "20.0" in md
 
 
+def test_hlr_ior_scores_protocol_b_only_methods_under_protocol_b(tmp_path):
+    records = [_record("full", 0, 0.80)]
+    records += [_record("random", s, 0.40) for s in range(2)]  # Protocol A reference
+    records += [_record("random", s, a, recipe="protocol_b") for s, a in enumerate([0.30, 0.34])]
+    records += [_record("rldd", s, 0.45, recipe="hard") for s in range(2)]
+    records += [_record("rldd", s, 0.52, recipe="protocol_b") for s in range(2)]
+    frame, md, _ = tables.hlr_ior_table(aggregate.collect(_write(tmp_path, records)))
+    row = frame[frame["method"] == "rldd"].iloc[0]
+    assert row["own_recipe"] == "protocol_b"
+    assert row["acc_random"] == pytest.approx(0.32)  # random under Protocol B, not A
+    assert row["ior"] == pytest.approx(0.52 - 0.32)
+    assert row["hlr"] == pytest.approx(0.80 - 0.45)
+    assert "| RLDD (B) |" in md and "35.0" in md and "20.0" in md
+
+
 def test_classwise_and_shot_tables(df):
     frame, md, _ = tables.classwise_table(df)
     # 10 classes + many/medium/few + mean + std; group, n_train, then one column per method

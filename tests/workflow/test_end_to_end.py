@@ -30,20 +30,25 @@ def ran(tmp_path_factory) -> Path:
 
 ALL_METHODS = {"full", "random", "herding", "k_center", "dc", "dsa", "dm", "mtt", "datm", "damed",
                "sre2l", "rded", "rldd", "dm_diverges"}
-SOFT = {"datm", "damed", "sre2l", "rded"}  # soft-label methods with Protocol A also get `hard`
+SOFT = {"datm", "damed", "sre2l", "rded", "rldd"}  # soft-label methods also get `hard` (HLR)
 
 
 def test_outputs_exist_and_are_consistent(ran: Path):
     tidy = pd.read_csv(ran / "results/tables/evaluations.csv")
     assert set(tidy["method"]) == ALL_METHODS
     conv = tidy[tidy.model == "convnet"]
-    # every method x 2 seeds: protocol_a (all but rldd), hard (soft-label sets), protocol_b
+    # every method x 2 seeds: protocol_a (all but rldd), hard (soft-label sets, rldd included),
+    # protocol_b
     assert set(conv[conv.recipe == "protocol_a"]["method"]) == ALL_METHODS - {"rldd"}
     assert set(conv[conv.recipe == "hard"]["method"]) == SOFT
     assert set(conv[conv.recipe == "protocol_b"]["method"]) == {"random", "rldd"}
     assert (conv.groupby(["method", "recipe"]).size() == 2).all()
-    # the cross-architecture point is the grid point: the same records again with AlexNet
-    assert len(tidy[tidy.model == "alexnet"]) == len(conv) == 2 * (13 + len(SOFT) + 2)
+    assert len(conv) == 2 * (13 + len(SOFT) + 2)
+    # the cross-architecture entry names two methods: their records again with AlexNet
+    alex = tidy[tidy.model == "alexnet"]
+    assert sorted(alex.groupby(["method", "recipe"]).size().items()) == [
+        (("datm", "hard"), 2), (("datm", "protocol_a"), 2), (("random", "protocol_a"), 2),
+        (("random", "protocol_b"), 2)]
     ok = tidy[tidy.method != "dm_diverges"]
     assert (ok["status"] == "ok").all(), ok[ok.status != "ok"][["method", "reason"]]
     assert ok["top1"].between(0, 1).all()
@@ -55,6 +60,8 @@ def test_outputs_exist_and_are_consistent(ran: Path):
     protocol_b = (ran / "results/tables/protocol_b.md").read_text()
     assert "| RLDD |" in protocol_b and "| Random |" in protocol_b
     assert "Group Acc" in (ran / "results/tables/two_stage.md").read_text()
+    hlr = (ran / "results/tables/hlr_ior.md").read_text()
+    assert "| RLDD (B) |" in hlr and "| DATM |" in hlr  # Protocol-B-only methods get HLR/IOR too
     assert (ran / "results/figures/tsne/fashion_mnist_if10.png").stat().st_size > 1000
     assert (ran / "results/figures/images/fashion_mnist/if10/ipc2/random/s0.png").exists()
     record = json.loads(next((ran / "results/evaluation").rglob("seed0.json")).read_text())

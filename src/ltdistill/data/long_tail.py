@@ -150,7 +150,8 @@ def make_split(dataset: str, train_labels: Sequence[int], test_labels: Sequence[
     """Build the split manifest. n_max defaults to the largest class of the balanced source.
 
     test_per_class caps the balanced test split at the first k images of each class in dataset
-    order (quick configs only; null = the whole test split, the protocol's default)."""
+    order, and the head class of the LT test split at k (quick configs only; null = the whole
+    test split, the protocol's default)."""
     train_labels = np.asarray(train_labels)
     if train_labels.size and (train_labels.min() < 0 or train_labels.max() >= num_classes):
         raise ValueError(f"{dataset}: training labels must lie in [0, {num_classes}), found "
@@ -175,6 +176,8 @@ def make_split(dataset: str, train_labels: Sequence[int], test_labels: Sequence[
         if test_labels.size and (test_labels.min() < 0 or test_labels.max() >= num_classes):
             raise ValueError(f"{dataset}: test labels must lie in [0, {num_classes})")
         t_max = int(np.bincount(test_labels, minlength=num_classes).max())
+        if test_per_class is not None:
+            t_max = min(t_max, int(test_per_class))
         raw = lt_counts(t_max, num_classes, imbalance_factor)
         t_counts = [max(n, test_floor) for n in raw]
         notes["test_clamped_classes"] = [c for c, n in enumerate(raw) if n < test_floor]

@@ -646,14 +646,16 @@ def _mean_metric(df: pd.DataFrame, mask: pd.Series, metric: str) -> float:
 def hlr_ior_table(df: pd.DataFrame, order: Sequence[str] | None = None,
                   own_recipe: str = "protocol_a", hard_recipe: str = "hard",
                   full_method: str = "full", random_method: str = "random",
-                  w: float = 0.5) -> Table:
+                  w: float = 0.5, fallback_recipe: str = "protocol_b") -> Table:
     """DD-Ranking-style scores per (dataset, IF, IPC, model, method), all as fractions.
 
     HLR = acc(full, own recipe) − acc(method, hard); IOR = acc(method, own recipe) −
     acc(random, own recipe); α = w·IOR − (1−w)·HLR; LRS = (e^α − e^−1)/(e − e^−1); IOR per shot
-    group from the group accuracies. Accuracies are means over evaluations; a missing input gives
-    NaN. The frame holds fractions; Markdown/LaTeX show accuracies, HLR and IOR in percent
-    (percentage points) and LRS as a fraction."""
+    group from the group accuracies. A method with no `own_recipe` runs but `fallback_recipe`
+    runs (evaluated with Protocol B only) is scored under the fallback, against random under the
+    fallback. Accuracies are means over evaluations; a missing input gives NaN. The frame holds
+    fractions; Markdown/LaTeX show accuracies, HLR and IOR in percent (percentage points) and LRS
+    as a fraction."""
     ok = df
     rows: list[dict] = []
     keys = ok[SETTING + ["model"]].dropna().drop_duplicates().sort_values(SETTING + ["model"])
@@ -662,27 +664,33 @@ def hlr_ior_table(df: pd.DataFrame, order: Sequence[str] | None = None,
         at_ipc = base & (ok["ipc"] == p)
         full_mask = base & (ok["method"] == full_method) & (ok["recipe"] == own_recipe)
         acc_full = _mean_metric(ok, full_mask, "top1")
-        rnd = at_ipc & (ok["method"] == random_method) & (ok["recipe"] == own_recipe)
-        acc_rnd = _mean_metric(ok, rnd, "top1")
         methods = [m for m in ok.loc[at_ipc.fillna(False).astype(bool), "method"].unique()
                    if m not in (full_method, random_method)]
         for m in order_methods(methods, order):
-            own = at_ipc & (ok["method"] == m) & (ok["recipe"] == own_recipe)
-            hard = at_ipc & (ok["method"] == m) & (ok["recipe"] == hard_recipe)
+            of_m = at_ipc & (ok["method"] == m)
+            recipe = own_recipe
+            if not (of_m & (ok["recipe"] == own_recipe)).any() and \
+                    (of_m & (ok["recipe"] == fallback_recipe)).any():
+                recipe = fallback_recipe
+            own = of_m & (ok["recipe"] == recipe)
+            hard = of_m & (ok["recipe"] == hard_recipe)
+            rnd = at_ipc & (ok["method"] == random_method) & (ok["recipe"] == recipe)
+            acc_rnd = _mean_metric(ok, rnd, "top1")
             acc_syn = _mean_metric(ok, own, "top1")
             acc_hard = _mean_metric(ok, hard, "top1")
             hlr = acc_full - acc_hard
             ior = acc_syn - acc_rnd
             alpha = w * ior - (1 - w) * hlr
             row = dict(dataset=d, imbalance_factor=int(f), ipc=int(p), model=mo, method=m,
-                       acc_full=acc_full, acc_hard=acc_hard, acc_own=acc_syn, acc_random=acc_rnd,
-                       hlr=hlr, ior=ior)
+                       own_recipe=recipe, acc_full=acc_full, acc_hard=acc_hard, acc_own=acc_syn,
+                       acc_random=acc_rnd, hlr=hlr, ior=ior)
             for g in SHOT_GROUPS:
                 row[f"ior_{g}"] = _mean_metric(ok, own, g) - _mean_metric(ok, rnd, g)
             row["alpha"] = alpha
             row["lrs"] = lrs(hlr, ior, w) if np.isfinite(alpha) else math.nan
             rows.append(row)
-    cols = (["dataset", "imbalance_factor", "ipc", "model", "method", "acc_full", "acc_hard",
+    cols = (["dataset", "imbalance_factor", "ipc", "model", "method", "own_recipe", "acc_full",
+             "acc_hard",
              "acc_own", "acc_random", "hlr", "ior"] + [f"ior_{g}" for g in SHOT_GROUPS]
             + ["alpha", "lrs"])
     frame = pd.DataFrame(rows, columns=cols)
@@ -693,7 +701,7 @@ def hlr_ior_table(df: pd.DataFrame, order: Sequence[str] | None = None,
     row_ids, labels, cells = [], [], []
     for r in frame.itertuples(index=False):
         row_ids.append(f"{r.method} {r.dataset} if{r.imbalance_factor} ipc{r.ipc} {r.model}")
-        labels.append(method_label(r.method))
+        labels.append(method_label(r.method) + (" (B)" if r.own_recipe == fallback_recipe else ""))
         setting = (f"{dataset_label(r.dataset, r.imbalance_factor)} IF{r.imbalance_factor} "
                    f"IPC{r.ipc} {MODEL_LABELS.get(r.model, r.model)}")
         cells.append([setting] + [_fmt(getattr(r, c) * 100.0) for c in pct] + [_fmt(r.lrs, 3)])
@@ -701,7 +709,8 @@ def hlr_ior_table(df: pd.DataFrame, order: Sequence[str] | None = None,
                  col_levels=[["Setting"] + heads], cells=cells)
     grid.footnotes = [("", "HLR = Acc(full LT data, hard labels) − Acc(synthetic, hard labels); "
                            "IOR = Acc(synthetic, own recipe) − Acc(random subset, own recipe); "
-                           f"LRS = (e^α − e^−1)/(e − e^−1), α = {w}·IOR − {1 - w}·HLR on fractions")]
+                           f"LRS = (e^α − e^−1)/(e − e^−1), α = {w}·IOR − {1 - w}·HLR on fractions; "
+                           "(B): own recipe is Protocol B, against random under Protocol B")]
     _, md, tex = _table(grid)
     return Table(frame, md, tex)
 
