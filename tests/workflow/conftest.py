@@ -21,6 +21,7 @@ def smk(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProces
 
 
 def copy_workflow(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
     for name in COPY:
         src = ROOT / name
         if src.is_dir():

@@ -50,6 +50,8 @@ def _slurm_config(wdir: Path) -> Path:
     cfg["methods"] = ["full", "random", "mtt"]
     cfg["method_params"] = {k: cfg["method_params"][k] for k in cfg["methods"]}
     cfg["experts"] = {"mtt": cfg["experts"]["mtt"]}
+    fm = cfg["datasets"]["fashion_mnist"]
+    fm["zca_methods"] = [m for m in fm.get("zca_methods", []) if m in cfg["methods"]]
     cfg["evaluation"]["seeds"] = [0]
     cfg["evaluation"]["cross_arch"] = []
     cfg["evaluation"].pop("protocol_b", None)
