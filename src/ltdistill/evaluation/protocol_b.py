@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.preprocess import Preprocessing
+from ..microbatch import micro_batch_size, sliced_backward
 from ..models import ModelSpec, build_model, preferred_memory_format
 from ..progress import Progress
 from ..seeding import derive_seed, generator
@@ -120,6 +121,7 @@ def train_protocol_b(spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor
     model = build_model(spec, seed).to(device)
     fmt = preferred_memory_format(model, device, recipe.channels_last)
     model = model.to(memory_format=fmt).train()
+    slice_size = micro_batch_size(model, device)  # cache-sized slices on CPU (microbatch.py)
     ema = EMA(model, recipe.ema_decay)
     if teacher is not None:
         teacher = teacher.to(device).to(memory_format=fmt).eval()
@@ -159,10 +161,14 @@ def train_protocol_b(spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor
                 if teacher is not None:
                     with torch.no_grad():
                         target = teacher(xt.contiguous(memory_format=fmt)).float()
-                out = model(xs.contiguous(memory_format=fmt))
-                loss = kd_loss(out, target, y, recipe.kd_ce_weight, recipe.kd_mse_weight)
+                xs = xs.contiguous(memory_format=fmt)
+
+                def loss_on(sl: slice, xs=xs, target=target, y=y) -> torch.Tensor:
+                    return kd_loss(model(xs[sl]), None if target is None else target[sl], y[sl],
+                                   recipe.kd_ce_weight, recipe.kd_mse_weight)
+
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = sliced_backward(loss_on, len(idx), slice_size)  # same gradient
                 opt.step()
                 ema.update(model)
                 loss_sum += float(loss.detach()) * len(idx)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..microbatch import inference_batch_size, micro_batch_size, sliced_backward
 from ..models import ModelSpec, build_model, preferred_memory_format
 from ..progress import Progress
 from ..seeding import derive_seed, generator
@@ -145,6 +146,8 @@ def train_classifier(
     (momentum buffers cleared), as in the reference code. Loss: cross-entropy on `labels`, or soft
     cross-entropy on the `soft_labels` logits when given. The batch size is min(batch_size, N);
     the last batch of an epoch may be smaller (no drop_last, as the reference DataLoader).
+    On CPU a batch goes through forward/backward in cache-sized slices whose gradients accumulate
+    (microbatch.py: the same gradient up to float summation order, about 1.5x the throughput).
     `epoch_callback(epoch, model, optimizer)` runs at the end of every epoch, after the decay.
     """
     if not lr > 0:
@@ -177,6 +180,7 @@ def train_classifier(
     memory_format = preferred_memory_format(model, device, recipe.channels_last)
     model = model.to(memory_format=memory_format)
     model.train()
+    slice_size = micro_batch_size(model, device)  # cache-sized slices, same gradient
 
     x_all = images.detach().to(device, torch.float32)
     y_all = labels.detach().to(device, torch.long)
@@ -208,13 +212,16 @@ def train_classifier(
                 if augment_fn is not None:
                     x = augment_fn(x, params, generator=aug_gen)
                 x = x.contiguous(memory_format=memory_format)
-                out = model(x)
-                if t_all is not None:
-                    loss = soft_cross_entropy(out, t_all[idx], w)
-                else:
-                    loss = hard_cross_entropy(out, y_all[idx], w)
+                targets = t_all[idx] if t_all is not None else y_all[idx]
+
+                def loss_on(sl: slice, x=x, targets=targets) -> torch.Tensor:
+                    out = model(x[sl])
+                    if t_all is not None:
+                        return soft_cross_entropy(out, targets[sl], w)
+                    return hard_cross_entropy(out, targets[sl], w)
+
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = sliced_backward(loss_on, idx.numel(), slice_size)
                 optimizer.step()
                 loss_sum += loss.detach() * idx.numel()
             progress.step(loss=float(loss_sum) / n, lr=current_lr)  # this epoch's lr
@@ -239,6 +246,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 512
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = _model_device(model)
+    batch_size = inference_batch_size(device, batch_size)
     was_training = model.training
     model.eval()
     try:

@@ -26,11 +26,18 @@ class GSAM:
         self.base = base_optimizer
         self.rho, self.alpha, self.adaptive, self.eps = float(rho), float(alpha), adaptive, eps
 
-    def _grads(self, loss_fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        for p in self.params:
-            p.grad = None
+    @staticmethod
+    def _backward(loss_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         loss = loss_fn()
         loss.backward()
+        return loss.detach()
+
+    def _grads(self, loss_fn: Callable[[], torch.Tensor],
+               backward: Callable[[Callable[[], torch.Tensor]], torch.Tensor] | None,
+               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        for p in self.params:
+            p.grad = None
+        loss = (backward or self._backward)(loss_fn)
         return loss.detach(), [p.grad.detach().clone() if p.grad is not None
                                else torch.zeros_like(p) for p in self.params]
 
@@ -38,9 +45,13 @@ class GSAM:
     def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
         return sum((x * y).sum() for x, y in zip(a, b, strict=True))
 
-    def step(self, loss_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Take one GSAM step; returns the loss at the unperturbed weights."""
-        loss, g = self._grads(loss_fn)
+    def step(self, loss_fn: Callable[[], torch.Tensor],
+             backward: Callable[[Callable[[], torch.Tensor]], torch.Tensor] | None = None,
+             ) -> torch.Tensor:
+        """Take one GSAM step; returns the loss at the unperturbed weights. `backward(loss_fn)`,
+        when given, replaces `loss_fn().backward()` (it must leave the gradients of the mean loss
+        in `.grad` and return the detached loss), e.g. microbatch.sliced_backward."""
+        loss, g = self._grads(loss_fn, backward)
         with torch.no_grad():
             scaled = [p.abs() * gi if self.adaptive else gi for p, gi in zip(self.params, g, strict=True)]
             norm = self._dot(scaled, scaled).sqrt()
@@ -48,7 +59,7 @@ class GSAM:
                  for p, gi in zip(self.params, g, strict=True)]
             for p, ei in zip(self.params, e, strict=True):
                 p.add_(ei)
-        _, gp = self._grads(loss_fn)
+        _, gp = self._grads(loss_fn, backward)
         with torch.no_grad():
             for p, ei in zip(self.params, e, strict=True):
                 p.sub_(ei)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, from_dict
 from ..data.augment import DSAParams, dsa
 from ..data.prepared import PreparedData
+from ..microbatch import inference_batch_size, micro_batch_size, sliced_backward
 from ..models import ModelSpec, build_model, classifier_start, preferred_memory_format
 from ..progress import Progress
 from ..seeding import derive_seed, generator
@@ -144,6 +145,7 @@ def train_expert(data: PreparedData, spec: ModelSpec, cfg: ExpertConfig, kind: s
     if init is not None:
         load_flat_parameters(model, init.to(device))
     model.train()
+    slice_size = micro_batch_size(model, device)
     cls_only = cfg.trainable == "classifier"
     classifier_start(model)  # asserts the last two tensors are the classifier
     if cls_only:
@@ -180,19 +182,22 @@ def train_expert(data: PreparedData, spec: ModelSpec, cfg: ExpertConfig, kind: s
                 with torch.no_grad():
                     feats = model.embed(x)
 
-                def loss_fn(feats=feats, y=y):
-                    return F.cross_entropy(model.classifier(feats), y)
+                def loss_on(sl: slice, feats=feats, y=y) -> torch.Tensor:
+                    return F.cross_entropy(model.classifier(feats[sl]), y[sl])
             else:
 
-                def loss_fn(x=x, y=y):
-                    return F.cross_entropy(model(x), y)
+                def loss_on(sl: slice, x=x, y=y) -> torch.Tensor:
+                    return F.cross_entropy(model(x[sl]), y[sl])
+
+            def backward(_fn=None, loss_on=loss_on, n=len(idx)) -> torch.Tensor:
+                # cache-sized slices on CPU, the same mean-loss gradient (microbatch.py)
+                return sliced_backward(loss_on, n, None if cls_only else slice_size)
 
             if gsam is not None:
-                loss = gsam.step(loss_fn)
+                loss = gsam.step(lambda: loss_on(slice(None)), backward=backward)
             else:
                 base.zero_grad(set_to_none=True)
-                loss = loss_fn()
-                loss.backward()
+                loss = backward()
                 base.step()
             if maxnorm is not None:
                 maxnorm(model.classifier.weight.data)
@@ -214,6 +219,7 @@ def test_accuracy(model: torch.nn.Module, data: PreparedData, device: torch.devi
         pick = torch.randperm(len(labels), generator=generator("expert-test-subset"))[:subset]
         images, labels = images[pick], labels[pick]
     model.eval()
+    batch_size = inference_batch_size(device, batch_size)
     correct = 0
     for i in range(0, len(labels), batch_size):
         out = model(images[i:i + batch_size].to(device))
