@@ -11,7 +11,6 @@ rule distill:
         network=config["network"],
         code=method_code,
         device=DEVICE,
-        checkpoint_every_s=config["runtime"].get("checkpoint_every_s", 600),
     threads: THREADS
     log:
         "logs/distilled/{dataset}/if{imb}/ipc{ipc}/{method}/s{dseed}.log",

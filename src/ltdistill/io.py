@@ -82,6 +82,11 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def tensor_digest(t: torch.Tensor) -> str:
+    """sha256 of one tensor's shape, dtype and bytes (checkpoint fingerprints)."""
+    return _digest({"t": t})
+
+
 def save_image_set(path: str | Path, image_set: ImageSet) -> None:
     """Write atomically; a crash never leaves a file that looks complete."""
     image_set.validate()

@@ -25,6 +25,13 @@ def set_deterministic(enabled: bool) -> None:
     torch.use_deterministic_algorithms(True, warn_only=False)
 
 
+def checkpoint_every_s(job: Any) -> float:
+    """runtime.checkpoint_every_s of the job's config (read here, not passed as a rule param, so
+    that changing how often jobs checkpoint never makes Snakemake rerun finished work)."""
+    runtime = (getattr(job, "config", None) or {}).get("runtime", {})
+    return float(runtime.get("checkpoint_every_s", 600))
+
+
 def start(job: Any) -> logging.Logger:
     setup_logging(job.log[0] if job.log else None)
     torch.set_num_threads(max(1, int(job.threads)))

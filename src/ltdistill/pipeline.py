@@ -12,12 +12,13 @@ from typing import Any
 import torch
 
 from .atomic import write_json
+from .checkpoint import Checkpointer
 from .config import config_hash, from_dict
 from .data.base import load_dataset, load_dataset_cache, save_dataset_cache
 from .data.long_tail import Split, make_split
 from .data.prepared import PreparedData, load_prepared
 from .data.preprocess import make_preprocessing, save_preprocessing
-from .io import failure_image_set, load_image_set, save_image_set
+from .io import failure_image_set, load_image_set, save_image_set, tensor_digest
 from .models import ModelSpec
 from .models.io import save_model
 from .provenance import Stopwatch, provenance
@@ -96,9 +97,10 @@ def fit_preprocessing(cache: str | Path, split: str | Path, kind: str, eps: floa
 
 def train_reference(cache: str | Path, split: str | Path, preprocessing: str | Path,
                     network: dict[str, Any], recipe: dict[str, Any], seed: int, device: str,
-                    dsa_strategy: str, out: str | Path) -> None:
+                    dsa_strategy: str, out: str | Path,
+                    checkpoint_every_s: float | None = None) -> None:
     """The ConvNet trained on the full LT split: features for herding, k-center, t-SNE and the
-    two-stage grouping."""
+    two-stage grouping. With `checkpoint_every_s` a killed job resumes from `{out}.ckpt`."""
     from .evaluation.train import TrainRecipe, predict, train_classifier
 
     clock = Stopwatch()
@@ -106,13 +108,20 @@ def train_reference(cache: str | Path, split: str | Path, preprocessing: str | P
     data = load_prepared(cache, split, preprocessing)
     spec = network_spec(network, data)
     rec = from_dict(TrainRecipe, {"dsa_strategy": dsa_strategy, **recipe}, where="reference")
+    ckpt = None
+    if checkpoint_every_s is not None:
+        ckpt = Checkpointer(checkpoint_path(out), checkpoint_every_s, fingerprint={
+            "reference": asdict(rec), "spec": asdict(spec), "seed": int(seed),
+            "images": tensor_digest(data.train_images), "labels": tensor_digest(data.train_labels)})
     model = train_classifier(spec, data.train_images, data.train_labels, recipe=rec,
                              lr=rec.lr or rec.default_lr, seed=seed, device=dev,
-                             progress_label="reference")
+                             progress_label="reference", ckpt=ckpt)
     acc = float((predict(model, data.test_images.to(dev)).cpu() == data.test_labels).float().mean())
     log.info("reference model test top-1 %.4f", acc)
     save_model(out, model.cpu(), spec, {"test_top1": acc, "recipe": asdict(rec), "seed": seed,
                                         "provenance": provenance(dev, clock.elapsed)})
+    if ckpt is not None:
+        ckpt.finish()
 
 
 # --- distillation ---------------------------------------------------------------------------
@@ -190,9 +199,11 @@ def failed_record(identity: dict[str, Any], image_set, device: torch.device, sec
 def evaluate(image_set_path: str | Path, cache: str | Path, split: str | Path,
              preprocessing: str | Path, network: dict[str, Any], arch: str, recipe: dict[str, Any],
              seed: int, device: str, identity: dict[str, Any], out: str | Path,
-             artifacts: dict[str, Any] | None = None) -> None:
+             artifacts: dict[str, Any] | None = None,
+             checkpoint_every_s: float | None = None) -> None:
     """Train a fresh model on an image set and write one self-describing metrics JSON.
-    `artifacts` are extra inputs a recipe reads (e.g. the Protocol B teacher)."""
+    `artifacts` are extra inputs a recipe reads (e.g. the Protocol B teacher). With
+    `checkpoint_every_s` the training checkpoints to `{out}.ckpt` and a killed job resumes."""
     from .evaluation.evaluate import evaluate_image_set
     from .evaluation.train import TrainRecipe
 
@@ -208,7 +219,13 @@ def evaluate(image_set_path: str | Path, cache: str | Path, split: str | Path,
         return
     spec = network_spec(network, data, arch=arch)
     extra = {"artifacts": artifacts} if artifacts else {}
-    result = evaluate_image_set(image_set, data, spec, rec, int(seed), dev, **extra)
+    ckpt = None
+    if checkpoint_every_s is not None:
+        ckpt = Checkpointer(checkpoint_path(out), checkpoint_every_s, fingerprint={
+            **identity, "recipe": asdict(rec), "spec": asdict(spec), "seed": int(seed),
+            "images": tensor_digest(image_set.images), "labels": tensor_digest(image_set.labels),
+            "artifacts": artifacts})
+    result = evaluate_image_set(image_set, data, spec, rec, int(seed), dev, ckpt=ckpt, **extra)
     record = {
         **identity,
         "selection": data.split.selection,
@@ -223,6 +240,8 @@ def evaluate(image_set_path: str | Path, cache: str | Path, split: str | Path,
                                                       "image_set_meta": image_set.meta.get("params")}),
     }
     write_json(out, _nan_to_none(record))
+    if ckpt is not None:
+        ckpt.finish()
     log.info("%s: top-1 %.4f (%.1fs)", identity, result["test"]["top1"], clock.elapsed)
 
 

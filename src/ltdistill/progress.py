@@ -19,6 +19,15 @@ class Progress:
         self.logger = logger or log
         self.start = self.last = time.perf_counter()
         self.done = 0
+        self.base = 0  # units finished before this process started (a resumed job)
+
+    def resumed(self, done: int) -> Progress:
+        """Units already finished by an earlier, interrupted run: counted as done, left out of
+        the rate (so the ETA reflects this process's speed)."""
+        self.done = self.base = int(done)
+        if done:
+            self.logger.info("%s resumed at %d/%d", self.label, self.done, self.total)
+        return self
 
     def step(self, n: int = 1, **info: float) -> None:
         self.done += n
@@ -26,7 +35,7 @@ class Progress:
         if now - self.last >= self.every_s or self.done >= self.total:
             self.last = now
             elapsed = now - self.start
-            rate = self.done / elapsed if elapsed > 0 else float("inf")
+            rate = (self.done - self.base) / elapsed if elapsed > 0 else float("inf")
             eta = (self.total - self.done) / rate if rate > 0 else float("nan")
             extra = " ".join(f"{k}={v:.4g}" for k, v in info.items())
             self.logger.info("%s %d/%d (%.0f%%) elapsed %.0fs eta %.0fs %s", self.label, self.done,

@@ -97,7 +97,7 @@ def test_training_leaves_global_rng_untouched():
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_lr_decays_once_with_fresh_optimizer():
+def test_lr_decays_once_and_momentum_restarts():
     x, y = _toy(4, seed=0)
     seen = []  # keep the optimisers alive so their ids stay unique
 
@@ -108,10 +108,10 @@ def test_lr_decays_once_with_fresh_optimizer():
     train_classifier(SPEC, x, y, recipe=_recipe(epochs=E, decay_factor=0.5), lr=lr, seed=0,
                      device="cpu", epoch_callback=hook)
     assert [s[0] for s in seen] == list(range(E + 1))  # E + 1 passes
-    opts = [s[1] for s in seen]
     d = decay_epoch(E)  # 3
-    assert all(o is opts[0] for o in opts[:d])
-    assert all(o is opts[d] for o in opts[d:]) and opts[d] is not opts[0]
+    # one optimiser throughout (so it can be checkpointed); at the switch its momentum buffers
+    # are cleared, which is all a fresh SGD optimiser (the reference) would change
+    assert all(s[1] is seen[0][1] for s in seen)
     assert seen[d][3] == 0  # momentum buffers cleared at the switch
     assert seen[d - 1][3] > 0
     # the lr in effect during epoch ep + 1 is the one set at the end of epoch ep

@@ -131,3 +131,20 @@ def test_benchmark_harness_reads_the_run(ran: Path, tmp_path: Path):
     assert any("mtt" in e["job"] for e in p["experts"]) and p["grid_wall_s"] > 0
     assert any(k.startswith("random (protocol_a") for k in p["evaluation_images_per_s"])
     assert (tmp_path / "h.md").read_text().startswith("# ltdistill benchmark harness")
+
+
+def test_interrupted_job_reruns_alone(ran: Path):
+    """A job killed before it wrote its output (or a lost output) is all a rerun redoes: the image
+    set, its evaluations and the tables built from them; no other distillation, expert or split."""
+    lost = sorted((ran / "results/distilled").glob("*/if*/ipc*/dm/s0/image_set.pt"))[0]
+    (lost.parent / "image_set.pt.ckpt").write_bytes(b"")  # what a kill would leave beside it
+    lost.unlink()
+    status = plan(ran, "--configfile", "config/tiny.yaml")
+    pending = {f for f, p in status.items() if p != "no update"}
+    rel = str(lost.relative_to(ran))
+    assert rel in pending
+    assert not any(f.startswith(("results/distilled/", "results/experts/", "results/reference/",
+                                 "results/splits/", "results/data/")) and f != rel
+                   for f in pending), pending
+    evals = {f for f in pending if f.startswith("results/evaluation/")}
+    assert evals and all("/dm/s0/" in f for f in evals), evals

@@ -1,7 +1,7 @@
 """Train one expert trajectory of one kind on one (dataset, IF) and write its snapshot file."""
 
 from ltdistill.experts.pipeline import train_expert_job
-from ltdistill.jobs import start
+from ltdistill.jobs import checkpoint_every_s, start
 
 sm = snakemake  # noqa: F821
 start(sm)
@@ -9,4 +9,5 @@ w = sm.wildcards
 init = sm.input.init if "init" in sm.input.keys() else None
 train_expert_job(sm.input.cache, sm.input.split, sm.input.prep, w.expert_kind, int(w.i),
                  sm.params.settings, sm.params.network, sm.params.dsa_strategy, sm.params.device,
-                 sm.output[0], init_path=init)
+                 sm.output[0], init_path=init,
+                 checkpoint_every_s=checkpoint_every_s(sm))

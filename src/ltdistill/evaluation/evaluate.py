@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import Checkpointer
 from ..data.prepared import PreparedData
 from ..io import ImageSet
 from ..models import ModelSpec
@@ -41,7 +42,8 @@ def _check_preprocessing(image_set: ImageSet, data: PreparedData) -> None:
 
 def _train_protocol_b(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
                       recipe: TrainRecipe, lr: float, seed: int, device: torch.device | str,
-                      artifacts: dict[str, Any] | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+                      artifacts: dict[str, Any] | None,
+                      ckpt: Checkpointer | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     from ..statistical.expert_io import load_expert_model
     from .protocol_b import resolve_label_source, teacher_preprocessing, train_protocol_b
 
@@ -65,14 +67,15 @@ def _train_protocol_b(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
     model = train_protocol_b(spec, image_set.images, image_set.labels, recipe=recipe, lr=lr,
                              seed=seed, device=device, preprocessing=data.preprocessing,
                              teacher=teacher, teacher_prep=teacher_prep, static_logits=static,
-                             progress_label=f"eval B {spec.arch} seed {seed}")
+                             progress_label=f"eval B {spec.arch} seed {seed}", ckpt=ckpt)
     return model, info
 
 
 def evaluate_image_set(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
                        recipe: TrainRecipe, seed: int,
                        device: torch.device | str = "cpu",
-                       artifacts: dict[str, Any] | None = None) -> dict[str, Any]:
+                       artifacts: dict[str, Any] | None = None,
+                       ckpt: Checkpointer | None = None) -> dict[str, Any]:
     """Evaluation of `image_set` with one freshly initialised model (seed `seed`): Protocol A, or
     Protocol B when recipe.protocol == "b" (the teacher arrives as artifacts={"teacher": path}).
 
@@ -80,7 +83,8 @@ def evaluate_image_set(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
     "train_images", "train_seed", "model_spec", "train_recipe", "test": metrics, "lt_test": metrics
     or None, "wall_time_s"}. (No "model"/"recipe" keys: callers use those names for the record
     identity.) Metrics come from metrics_from_predictions (fractions in [0, 1]); undefined
-    values (NaN) are stored as null so the dict is strict JSON.
+    values (NaN) are stored as null so the dict is strict JSON. `ckpt` makes the training
+    resumable (checkpoint.Checkpointer; the caller drops it once the result is written).
     """
     image_set.validate()
     if spec.num_classes != image_set.num_classes:
@@ -100,12 +104,12 @@ def evaluate_image_set(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
     extra: dict[str, Any] = {}
     if recipe.protocol == "b":
         model, extra = _train_protocol_b(image_set, data, spec, recipe, lr, seed, device,
-                                         artifacts)
+                                         artifacts, ckpt)
         soft = image_set.soft_labels if extra["label_source"] == "static" else None
     else:
         model = train_classifier(spec, image_set.images, image_set.labels, recipe=recipe, lr=lr,
                                  seed=seed, device=device, soft_labels=soft,
-                                 progress_label=f"eval {spec.arch} seed {seed}")
+                                 progress_label=f"eval {spec.arch} seed {seed}", ckpt=ckpt)
     groups = list(data.groups)
     test = metrics_from_predictions(data.test_labels, predict(model, data.test_images),
                                     data.num_classes, groups)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import Checkpointer
+from ..checkpoint import disabled as disabled_checkpointer
 from ..data.preprocess import Preprocessing
 from ..microbatch import micro_batch_size, sliced_backward
 from ..models import ModelSpec, build_model, preferred_memory_format
@@ -110,8 +112,11 @@ def train_protocol_b(spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor
                      preprocessing: Preprocessing, teacher: nn.Module | None = None,
                      teacher_prep: Preprocessing | None = None,
                      static_logits: torch.Tensor | None = None,
-                     progress_label: str = "protocol B") -> nn.Module:
-    """Train a fresh `build_model(spec, seed)` for recipe.epochs epochs; returns the EMA model."""
+                     progress_label: str = "protocol B",
+                     ckpt: Checkpointer | None = None) -> nn.Module:
+    """Train a fresh `build_model(spec, seed)` for recipe.epochs epochs; returns the EMA model.
+    `ckpt` checkpoints after epochs (student, EMA, optimiser, generators); a killed run resumed
+    from it returns a bit-identical model on CPU."""
     device = torch.device(device)
     n = int(images.shape[0])
     if n == 0:
@@ -133,10 +138,13 @@ def train_protocol_b(spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor
     g_aug = generator("pb-aug", seed)
     x_all = images.detach().float().cpu()
     y_all = labels.detach().long()
-    progress = Progress(recipe.epochs, progress_label)
+    ckpt = (ckpt or disabled_checkpointer()).track(model=model, ema=ema.model, optimizer=opt,
+                                                  g_shuffle=g_shuffle, g_aug=g_aug)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(derive_seed("pb-global", seed))
-        for ep in range(recipe.epochs):
+        start = ckpt.resume()  # restores the forked global RNG too
+        progress = Progress(recipe.epochs, progress_label).resumed(start)
+        for ep in range(start, recipe.epochs):
             factor = cos2_factor(ep, recipe.epochs)
             for group in opt.param_groups:
                 group["lr"] = lr * factor
@@ -173,4 +181,5 @@ def train_protocol_b(spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor
                 ema.update(model)
                 loss_sum += float(loss.detach()) * len(idx)
             progress.step(loss=loss_sum / n, lr=lr * factor)
+            ckpt.step(ep + 1)
     return ema.model.to(memory_format=torch.contiguous_format)

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import Checkpointer
+from ..checkpoint import disabled as disabled_checkpointer
 from ..microbatch import inference_batch_size, micro_batch_size, sliced_backward
 from ..models import ModelSpec, build_model, preferred_memory_format
 from ..progress import Progress
@@ -137,18 +139,21 @@ def train_classifier(
     class_weights: torch.Tensor | None = None,
     progress_label: str = "train",
     epoch_callback: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
+    ckpt: Checkpointer | None = None,
 ) -> nn.Module:
     """Train a fresh `build_model(spec, seed)` with Protocol A and return it (in train mode).
 
     E = recipe.epochs; epochs 0 ... E are run (E + 1 passes). Every epoch reshuffles with a
     generator derived from `seed`; every batch gets per-sample DSA when recipe.augment. After
-    epoch E//2 + 1 the lr is multiplied by recipe.decay_factor and a fresh SGD optimiser is made
-    (momentum buffers cleared), as in the reference code. Loss: cross-entropy on `labels`, or soft
+    epoch E//2 + 1 the lr is multiplied by recipe.decay_factor and the momentum buffers are
+    cleared (what the reference's fresh SGD optimiser amounts to). Loss: cross-entropy on `labels`, or soft
     cross-entropy on the `soft_labels` logits when given. The batch size is min(batch_size, N);
     the last batch of an epoch may be smaller (no drop_last, as the reference DataLoader).
     On CPU a batch goes through forward/backward in cache-sized slices whose gradients accumulate
     (microbatch.py: the same gradient up to float summation order, about 1.5x the throughput).
     `epoch_callback(epoch, model, optimizer)` runs at the end of every epoch, after the decay.
+    `ckpt` checkpoints after epochs (model, optimiser, generators); a killed run resumed from it
+    returns a bit-identical model on CPU (tests/methods/test_resume.py).
     """
     if not lr > 0:
         raise ValueError(f"learning rate must be positive, got {lr}")
@@ -191,9 +196,9 @@ def train_classifier(
     batch = min(recipe.batch_size, n)
     shuffle_gen = generator("eval-shuffle", seed)  # CPU: randperm indices
     aug_gen = generator("eval-dsa", seed)  # CPU: DSA draws its parameters on the CPU
-    current_lr = float(lr)
-    optimizer = _make_optimizer(model, current_lr, recipe)
-    progress = Progress(epochs + 1, progress_label)
+    optimizer = _make_optimizer(model, float(lr), recipe)
+    ckpt = (ckpt or disabled_checkpointer()).track(model=model, optimizer=optimizer,
+                                                  shuffle_gen=shuffle_gen, aug_gen=aug_gen)
 
     # Fork the global RNG too, so that any op drawing from it (e.g. dropout) is reproducible and
     # the caller's RNG state is untouched.
@@ -203,7 +208,10 @@ def train_classifier(
         torch.default_generator.manual_seed(global_seed)  # CPU only: other devices untouched
         if device.type == "cuda":
             torch.cuda.manual_seed(global_seed)
-        for ep in range(epochs + 1):
+        start = ckpt.resume()  # restores the forked global RNG too
+        current_lr = float(lr) * (recipe.decay_factor if start > decay_epoch(epochs) else 1.0)
+        progress = Progress(epochs + 1, progress_label).resumed(start)
+        for ep in range(start, epochs + 1):
             order = torch.randperm(n, generator=shuffle_gen).to(device)
             loss_sum = torch.zeros((), device=device)
             for start in range(0, n, batch):
@@ -227,9 +235,12 @@ def train_classifier(
             progress.step(loss=float(loss_sum) / n, lr=current_lr)  # this epoch's lr
             if ep == decay_epoch(epochs):
                 current_lr *= recipe.decay_factor
-                optimizer = _make_optimizer(model, current_lr, recipe)  # fresh momentum
+                for group in optimizer.param_groups:  # = a fresh SGD: new lr, no momentum yet
+                    group["lr"] = current_lr
+                optimizer.state.clear()
             if epoch_callback is not None:
                 epoch_callback(ep, model, optimizer)
+            ckpt.step(ep + 1)
     return model
 
 

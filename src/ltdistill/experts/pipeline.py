@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import Checkpointer
 from ..config import ConfigError, config_hash
 from ..data.prepared import PreparedData, load_prepared
 from ..models import ModelSpec, build_model, classifier_start, count_parameters
@@ -110,20 +111,26 @@ def expert_preprocessing_kind(config: dict, dataset: str, kind: str) -> str:
 def train_expert_job(cache: str | Path, split: str | Path, preprocessing: str | Path, kind: str,
                      index: int, settings: dict[str, Any], network: dict[str, Any],
                      dsa_strategy: str, device: str, out: str | Path,
-                     init_path: str | Path | None = None) -> None:
-    """Train expert `index` of `kind` on one (dataset, IF) and write it atomically."""
+                     init_path: str | Path | None = None,
+                     checkpoint_every_s: float | None = 600.0) -> None:
+    """Train expert `index` of `kind` on one (dataset, IF) and write it atomically; a killed job
+    rerun resumes from `{out}.ckpt` (saved every `checkpoint_every_s`, None = never)."""
     from ..pipeline import network_spec, resolve_device
 
     dev = resolve_device(device)
     data = load_prepared(cache, split, preprocessing)
     build_expert(data, network_spec(network, data), kind, index, expert_config(kind, settings), dev,
-                 out, init_path, dsa_strategy)
+                 out, init_path, dsa_strategy, checkpoint_every_s)
 
 
 def build_expert(data: PreparedData, spec: ModelSpec, kind: str, index: int, cfg: ExpertConfig,
                  device: torch.device | str, out: str | Path, init_path: str | Path | None = None,
-                 dsa_strategy: str = "color_crop_cutout_flip_scale_rotate") -> None:
-    """Train expert `index` of `kind` on prepared data and write snapshots + metadata to `out`."""
+                 dsa_strategy: str = "color_crop_cutout_flip_scale_rotate",
+                 checkpoint_every_s: float | None = None) -> None:
+    """Train expert `index` of `kind` on prepared data and write snapshots + metadata to `out`.
+    With `checkpoint_every_s` the epochs are checkpointed to `{out}.ckpt` and a rerun resumes."""
+    from ..pipeline import checkpoint_path
+
     clock = Stopwatch()
     init, init_meta = None, None
     if cfg.init_from is not None:
@@ -137,7 +144,13 @@ def build_expert(data: PreparedData, spec: ModelSpec, kind: str, index: int, cfg
         init = source.final()
         init_meta = {"path": str(init_path), "kind": source.meta["kind"],
                      "config_hash": source.meta["config_hash"], "test_top1": source.meta["test_top1"]}
-    snapshots, acc = train_expert(data, spec, cfg, kind, index, device, init, dsa_strategy)
+    ckpt = None
+    if checkpoint_every_s is not None:
+        ckpt = Checkpointer(checkpoint_path(out), checkpoint_every_s, fingerprint={
+            "kind": kind, "index": int(index), "config": asdict(cfg), "spec": asdict(spec),
+            "data": data.preprocessing.digest, "split": data.split.imbalance_factor,
+            "n_train": len(data.train_labels), "init": init_meta, "dsa": dsa_strategy})
+    snapshots, acc = train_expert(data, spec, cfg, kind, index, device, init, dsa_strategy, ckpt)
     model = build_model(spec, 0)
     identity = asdict(cfg)
     identity.pop("num_experts")
@@ -152,5 +165,7 @@ def build_expert(data: PreparedData, spec: ModelSpec, kind: str, index: int, cfg
         "init_from": init_meta, "provenance": provenance(device, clock.elapsed),
     }
     save_expert(out, snapshots, meta)
+    if ckpt is not None:
+        ckpt.finish()  # only once the expert file is in place
     log.info("wrote %s expert %d (%d snapshots x %d) in %.1fs", kind, index, snapshots.shape[0],
              snapshots.shape[1], clock.elapsed)

@@ -22,6 +22,16 @@ class _Cycle:
         self.pos += 1
         return value
 
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        return {"items": self.items.clone(), "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | int]) -> None:
+        items = state["items"]
+        if not isinstance(items, torch.Tensor) or items.shape != self.items.shape or \
+                not torch.equal(items.sort().values, self.items.sort().values):
+            raise ValueError("sampler state does not belong to this set of items")
+        self.items, self.pos = items.clone(), int(state["pos"])
+
 
 class ClassAwareSampler:
     """Emits dataset indices: next class from the class cycle, then `samples_per_class` indices from
@@ -51,3 +61,17 @@ class ClassAwareSampler:
             cycle = self.cycles[self.classes.next()]
             out.extend(cycle.next() for _ in range(self.k))
         return torch.tensor(out[: self.epoch_length], dtype=torch.long)
+
+    def state_dict(self) -> dict[str, object]:
+        """The cycles' orders and positions (the shared generator is checkpointed by its owner)."""
+        return {"classes": self.classes.state_dict(),
+                "cycles": [c.state_dict() for c in self.cycles]}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        cycles = state["cycles"]
+        if len(cycles) != len(self.cycles):
+            raise ValueError(f"sampler state has {len(cycles)} classes, this sampler "
+                             f"{len(self.cycles)}")
+        self.classes.load_state_dict(state["classes"])
+        for cycle, saved in zip(self.cycles, cycles, strict=True):
+            cycle.load_state_dict(saved)

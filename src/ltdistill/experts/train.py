@@ -11,6 +11,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import Checkpointer
+from ..checkpoint import disabled as disabled_checkpointer
 from ..config import ConfigError, from_dict
 from ..data.augment import DSAParams, dsa
 from ..data.prepared import PreparedData
@@ -134,9 +136,11 @@ def _batches(cfg: ExpertConfig, n: int, sampler: ClassAwareSampler | None,
 def train_expert(data: PreparedData, spec: ModelSpec, cfg: ExpertConfig, kind: str, index: int,
                  device: torch.device | str, init: torch.Tensor | None = None,
                  dsa_strategy: str = "color_crop_cutout_flip_scale_rotate",
-                 ) -> tuple[torch.Tensor, float]:
+                 ckpt: Checkpointer | None = None) -> tuple[torch.Tensor, float]:
     """Train expert `index` of `kind` on the LT training split; returns ([E+1, P] float32 CPU
-    snapshots, final balanced-test top-1). `init` (a flat vector) replaces the seeded init."""
+    snapshots, final balanced-test top-1). `init` (a flat vector) replaces the seeded init.
+    `ckpt` checkpoints after epochs (model, optimiser, sampler, generators, snapshots so far); a
+    killed run resumed from it ends bit-identical on CPU (tests/methods/test_resume.py)."""
     device = torch.device(device)
     seed = expert_seed(kind, cfg, index)
     model = build_model(spec, seed).to(device)
@@ -168,8 +172,13 @@ def train_expert(data: PreparedData, spec: ModelSpec, cfg: ExpertConfig, kind: s
                if cfg.sampler == "class_aware" else None)
     dsa_params = DSAParams(strategy=dsa_strategy)
     snapshots = [flatten_parameters(model)]
-    progress = Progress(cfg.epochs, f"expert {kind} {index}")
-    for _ in range(cfg.epochs):
+    ckpt = ckpt or disabled_checkpointer()
+    ckpt.track(model=model, optimizer=base, g_order=g_order, g_aug=g_aug, snapshots=snapshots)
+    if sampler is not None:
+        ckpt.track(sampler=sampler)
+    start = ckpt.resume()  # MaxNorm's tau was fixed above from the same starting weights
+    progress = Progress(cfg.epochs, f"expert {kind} {index}").resumed(start)
+    for epoch in range(start, cfg.epochs):
         loss_sum, seen = 0.0, 0
         for idx in _batches(cfg, len(y_all), sampler, g_order):
             idx = idx.to(device)
@@ -205,6 +214,7 @@ def train_expert(data: PreparedData, spec: ModelSpec, cfg: ExpertConfig, kind: s
             seen += len(idx)
         snapshots.append(flatten_parameters(model))
         progress.step(loss=loss_sum / max(seen, 1))
+        ckpt.step(epoch + 1)
     acc = test_accuracy(model, data, device, cfg.test_subset)
     log.info("expert %s %d: test top-1 %.4f", kind, index, acc)
     return torch.stack(snapshots), acc

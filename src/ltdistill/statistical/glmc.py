@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import Checkpointer
+from ..checkpoint import disabled as disabled_checkpointer
 from ..config import from_dict
 from ..models import ModelSpec, build_model, preferred_memory_format
 from ..progress import Progress
@@ -172,9 +174,11 @@ def epoch_lr(cfg: ExpertConfig, epoch: int) -> float:
 
 def train_expert(images: torch.Tensor, labels: torch.Tensor, counts: list[int], spec: ModelSpec,
                  cfg: ExpertConfig, seed: int, device: torch.device | str = "cpu",
-                 label: str = "expert") -> nn.Module:
+                 label: str = "expert", ckpt: Checkpointer | None = None) -> nn.Module:
     """Train one observer/teacher on the LT images (in their preprocessing space); returns the
-    backbone (eval mode, on the CPU) whose classifier is the inference head."""
+    backbone (eval mode, on the CPU) whose classifier is the inference head. `ckpt` checkpoints
+    after epochs (network with its heads, optimiser, generator); a killed run resumed from it
+    ends bit-identical on CPU."""
     device = torch.device(device)
     n = int(images.shape[0])
     num_classes = spec.num_classes
@@ -196,7 +200,7 @@ def train_expert(images: torch.Tensor, labels: torch.Tensor, counts: list[int], 
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     batch = min(cfg.batch_size, n)
-    progress = Progress(cfg.epochs, label)
+    ckpt = (ckpt or disabled_checkpointer()).track(net=net, optimizer=opt, g=g)
 
     def augment(x: torch.Tensor) -> torch.Tensor:
         x = random_crop_pad(x, g, cfg.crop_padding)
@@ -205,7 +209,9 @@ def train_expert(images: torch.Tensor, labels: torch.Tensor, counts: list[int], 
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(derive_seed("expert-global", seed))
-        for ep in range(cfg.epochs):
+        start_epoch = ckpt.resume()  # restores the forked global RNG too
+        progress = Progress(cfg.epochs, label).resumed(start_epoch)
+        for ep in range(start_epoch, cfg.epochs):
             for group in opt.param_groups:
                 group["lr"] = epoch_lr(cfg, ep)
             order = torch.randperm(n, generator=g)
@@ -236,5 +242,6 @@ def train_expert(images: torch.Tensor, labels: torch.Tensor, counts: list[int], 
                 loss_sum += float(loss.detach()) * len(idx)
                 seen += len(idx)
             progress.step(loss=loss_sum / max(seen, 1), lr=epoch_lr(cfg, ep))
+            ckpt.step(ep + 1)
     model = net.inference_backbone() if isinstance(net, GLMCNet) else net
     return model.cpu().to(memory_format=torch.contiguous_format).eval()

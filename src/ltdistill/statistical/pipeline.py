@@ -56,16 +56,26 @@ def protocol_b_teacher_kind(method_params: dict[str, Any], slug: str, default: s
 
 def train_statistical_expert(cache: str | Path, split: str | Path, preprocessing: str | Path,
                              kind: str, params: dict[str, Any], dataset: str, device: str,
-                             out: str | Path) -> None:
-    """Train one observer/teacher (GLMC or CE) on the LT split and save it with its test top-1."""
+                             out: str | Path, checkpoint_every_s: float | None = None) -> None:
+    """Train one observer/teacher (GLMC or CE) on the LT split and save it with its test top-1.
+    With `checkpoint_every_s` a killed job resumes from `{out}.ckpt`."""
+    from ..checkpoint import Checkpointer
+    from ..io import tensor_digest
+    from ..pipeline import checkpoint_path
+
     clock = Stopwatch()
     dev = resolve_device(device)
     data = load_prepared(cache, split, preprocessing)
     cfg = expert_config(params, dataset, where=f"experts.{kind}")
     spec = expert_spec(cfg, data.channels, data.num_classes, data.image_size)
     seed = derive_seed("statistical-expert", kind, cfg.seed)
+    ckpt = None
+    if checkpoint_every_s is not None:
+        ckpt = Checkpointer(checkpoint_path(out), checkpoint_every_s, fingerprint={
+            "kind": kind, "config": asdict(cfg), "spec": asdict(spec), "seed": seed,
+            "images": tensor_digest(data.train_images), "labels": tensor_digest(data.train_labels)})
     model = train_expert(data.train_images, data.train_labels, data.counts, spec, cfg, seed, dev,
-                         label=kind)
+                         label=kind, ckpt=ckpt)
     acc = float((predict(model.to(dev), data.test_images).cpu() == data.test_labels).float().mean())
     log.info("%s: balanced test top-1 %.4f", kind, acc)
     save_expert(out, model.cpu(), spec, {
@@ -73,6 +83,8 @@ def train_statistical_expert(cache: str | Path, split: str | Path, preprocessing
         "test_top1": acc, "config": asdict(cfg), "seed": seed, "class_names": data.class_names,
         "counts": data.counts, "preprocessing": data.preprocessing.describe(),
         "provenance": provenance(dev, clock.elapsed)})
+    if ckpt is not None:
+        ckpt.finish()
 
 
 def bn_recalibrate(cache: str | Path, split: str | Path, preprocessing: str | Path,
