@@ -125,8 +125,10 @@ def pipeline_figures(run_dir: Path, config: dict) -> dict:
         if rec.get("status") != "ok" or not rec.get("wall_time_s"):
             continue
         key = f"{rec['method']} ({rec.get('recipe')}, {rec.get('model')})"
-        per_method.setdefault(key, []).append(
-            rec["train_images"] * rec["passes"] / rec["wall_time_s"])
+        trained = rec["train_images"]
+        if "train_img_breakdown" in rec:  # two-stage: the group classifier is its own job
+            trained = rec["train_img_breakdown"]["stage2"]
+        per_method.setdefault(key, []).append(trained * rec["passes"] / rec["wall_time_s"])
     out["evaluation_images_per_s"] = {k: sum(v) / len(v) for k, v in sorted(per_method.items())}
     return out
 

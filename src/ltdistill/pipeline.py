@@ -198,51 +198,64 @@ def failed_record(identity: dict[str, Any], image_set, device: torch.device, sec
 
 def evaluate(image_set_path: str | Path, cache: str | Path, split: str | Path,
              preprocessing: str | Path, network: dict[str, Any], arch: str, recipe: dict[str, Any],
-             seed: int, device: str, identity: dict[str, Any], out: str | Path,
-             artifacts: dict[str, Any] | None = None,
-             checkpoint_every_s: float | None = None) -> None:
-    """Train a fresh model on an image set and write one self-describing metrics JSON.
+             seed: int | list[int], device: str, identity: dict[str, Any],
+             out: str | Path | list[str | Path], artifacts: dict[str, Any] | None = None,
+             checkpoint_every_s: float | None = None, seed_batching: str = "auto") -> None:
+    """Train fresh models on an image set and write one self-describing metrics JSON per seed.
+    `seed`/`out` are one seed and path, or equally long lists (one job for several seeds: the data
+    and image set load once; `seed_batching` auto | vmap | sequential, evaluation/multi_seed.py).
     `artifacts` are extra inputs a recipe reads (e.g. the Protocol B teacher). With
-    `checkpoint_every_s` the training checkpoints to `{out}.ckpt` and a killed job resumes."""
-    from .evaluation.evaluate import evaluate_image_set
+    `checkpoint_every_s` training checkpoints to `{out}.ckpt` and a killed job resumes."""
+    from .evaluation.evaluate import evaluate_image_set_seeds
     from .evaluation.train import TrainRecipe
 
+    seeds = [int(s) for s in seed] if isinstance(seed, (list, tuple)) else [int(seed)]
+    outs = [Path(o) for o in out] if isinstance(out, (list, tuple)) else [Path(out)]
+    if len(seeds) != len(outs):
+        raise ValueError(f"{len(seeds)} evaluation seeds but {len(outs)} output paths")
     clock = Stopwatch()
     dev = resolve_device(device)
     data = load_prepared(cache, split, preprocessing)
     image_set = load_image_set(image_set_path)
     rec = from_dict(TrainRecipe, recipe, where="evaluation")
+    identities = [{**identity, "eval_seed": s} for s in seeds]
     if image_set.failed:
-        write_json(out, failed_record(identity, image_set, dev, clock.elapsed, {"recipe": asdict(rec)}))
+        for ident, path in zip(identities, outs, strict=True):
+            write_json(path, failed_record(ident, image_set, dev, clock.elapsed,
+                                           {"recipe": asdict(rec)}))
         log.warning("%s: image set is a failure record (%s); nothing to train", identity,
                     image_set.failure_reason)
         return
     spec = network_spec(network, data, arch=arch)
-    extra = {"artifacts": artifacts} if artifacts else {}
-    ckpt = None
+    ckpts = [None] * len(seeds)
     if checkpoint_every_s is not None:
-        ckpt = Checkpointer(checkpoint_path(out), checkpoint_every_s, fingerprint={
-            **identity, "recipe": asdict(rec), "spec": asdict(spec), "seed": int(seed),
+        ckpts = [Checkpointer(checkpoint_path(path), checkpoint_every_s, fingerprint={
+            **ident, "recipe": asdict(rec), "spec": asdict(spec), "seeds": seeds,
             "images": tensor_digest(image_set.images), "labels": tensor_digest(image_set.labels),
-            "artifacts": artifacts})
-    result = evaluate_image_set(image_set, data, spec, rec, int(seed), dev, ckpt=ckpt, **extra)
-    record = {
-        **identity,
-        "selection": data.split.selection,
-        "num_classes": data.num_classes,
-        "class_names": data.class_names,
-        "lt_counts": data.counts,
-        "groups": data.groups,
-        "image_set_counts": image_set.per_class_counts,
-        **result,
-        "status": "ok",
-        "provenance": provenance(dev, clock.elapsed, {"recipe": asdict(rec), "network": network,
-                                                      "image_set_meta": image_set.meta.get("params")}),
-    }
-    write_json(out, _nan_to_none(record))
-    if ckpt is not None:
-        ckpt.finish()
-    log.info("%s: top-1 %.4f (%.1fs)", identity, result["test"]["top1"], clock.elapsed)
+            "artifacts": artifacts, "seed_batching": seed_batching})
+            for ident, path in zip(identities, outs, strict=True)]
+    results = evaluate_image_set_seeds(image_set, data, spec, rec, seeds, dev, artifacts or None,
+                                       ckpts, seed_batching)
+    for ident, path, result, ckpt in zip(identities, outs, results, ckpts, strict=True):
+        record = {
+            **ident,
+            "selection": data.split.selection,
+            "num_classes": data.num_classes,
+            "class_names": data.class_names,
+            "lt_counts": data.counts,
+            "groups": data.groups,
+            "image_set_counts": image_set.per_class_counts,
+            **result,
+            "status": "ok",
+            "provenance": provenance(dev, clock.elapsed, {
+                "recipe": asdict(rec), "network": network, "seeds_in_job": seeds,
+                "image_set_meta": image_set.meta.get("params")}),
+        }
+        write_json(path, _nan_to_none(record))
+        log.info("%s: top-1 %.4f (%.1fs)", ident, result["test"]["top1"], clock.elapsed)
+    for ckpt in ckpts:  # only once every output is written (a failed job loses none of them)
+        if ckpt is not None:
+            ckpt.finish()
 
 
 # --- report inputs --------------------------------------------------------------------------

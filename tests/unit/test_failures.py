@@ -93,3 +93,31 @@ def test_programming_errors_still_fail_the_job(stage_files):
     # only divergence / cannot-run become records; a bad parameter is the user's error to fix
     with pytest.raises(ValueError, match="lr_imgg"):
         _distill(stage_files, "dm", {"lr_imgg": 1.0})
+
+
+def test_one_job_for_several_seeds_writes_what_per_seed_jobs_write(stage_files):
+    """runtime.batch_eval_seeds: one evaluate() call with seeds [0, 1] writes, per seed, the
+    metrics that two single-seed calls write (sequential on CPU: identical), with a failure
+    record for every seed of a failed image set."""
+    d = stage_files
+    _distill(d, "random", {"ipc_policy": "inherent"})
+    singles = [json.loads(open(_evaluate(d, "random", s)).read()) for s in (0, 1)]
+    outs = [d / "b0.json", d / "b1.json"]
+    pipeline.evaluate(d / "random.pt", d / "cache.pt", d / "split.json", d / "prep.pt", NETWORK,
+                      "convnet", RECIPE, [0, 1], "cpu", _identity("random"), outs,
+                      checkpoint_every_s=0.0)
+    batched = [json.loads(p.read_text()) for p in outs]
+    for one, many, seed in zip(singles, batched, (0, 1), strict=True):
+        assert many["eval_seed"] == seed and many["train_seed"] == seed
+        assert many["test"] == one["test"] and many["status"] == "ok"
+        assert many["provenance"]["config"]["seeds_in_job"] == [0, 1]
+    assert batched[0]["test"] != batched[1]["test"]  # the seeds differ
+    assert not any(p.with_name(p.name + ".ckpt").exists() for p in outs)  # checkpoints dropped
+    _distill(d, "dm", {"iterations": 3, "lr_img": 1e38, "batch_real": 4, "log_every": 0})
+    pipeline.evaluate(d / "dm.pt", d / "cache.pt", d / "split.json", d / "prep.pt", NETWORK,
+                      "convnet", RECIPE, [0, 1], "cpu", _identity("dm"), outs)
+    assert [json.loads(p.read_text())["status"] for p in outs] == ["failed", "failed"]
+    with pytest.raises(ValueError, match="2 evaluation seeds but 1 output"):
+        pipeline.evaluate(d / "random.pt", d / "cache.pt", d / "split.json", d / "prep.pt",
+                          NETWORK, "convnet", RECIPE, [0, 1], "cpu", _identity("random"),
+                          outs[:1])

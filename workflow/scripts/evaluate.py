@@ -1,4 +1,5 @@
-"""Train one evaluation model on an image set and write its metrics JSON."""
+"""Train evaluation models on an image set and write their metrics JSONs: one seed per job, or
+every evaluation seed in one job (runtime.batch_eval_seeds)."""
 
 from ltdistill.jobs import checkpoint_every_s, start
 from ltdistill.pipeline import evaluate
@@ -8,9 +9,14 @@ start(sm)
 w = sm.wildcards
 identity = {"dataset": w.dataset, "imbalance_factor": int(w.imb), "ipc": int(w.ipc),
             "method": w.method, "distill_seed": int(w.dseed), "model": w.model,
-            "recipe": w.recipe, "eval_seed": int(w.eseed)}
+            "recipe": w.recipe}
 fixed = {"image_set", "cache", "split", "prep"}
 artifacts = {k: (v if isinstance(v, str) else list(v)) for k, v in sm.input.items() if k not in fixed}
+if "eseed" in w.keys():
+    seeds, outs = int(w.eseed), sm.output[0]
+else:  # batched: the outputs are the seeds' JSONs in params.seeds order
+    seeds, outs = list(sm.params.seeds), list(sm.output)
 evaluate(sm.input.image_set, sm.input.cache, sm.input.split, sm.input.prep, sm.params.network,
-         w.model, sm.params.recipe, int(w.eseed), sm.params.device, identity, sm.output[0],
-         artifacts, checkpoint_every_s=checkpoint_every_s(sm))
+         w.model, sm.params.recipe, seeds, sm.params.device, identity, outs, artifacts,
+         checkpoint_every_s=checkpoint_every_s(sm),
+         seed_batching=sm.config["runtime"].get("seed_batching", "auto"))

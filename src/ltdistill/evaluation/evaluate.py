@@ -71,6 +71,48 @@ def _train_protocol_b(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
     return model, info
 
 
+def _check_compatible(image_set: ImageSet, data: PreparedData, spec: ModelSpec) -> None:
+    image_set.validate()
+    if spec.num_classes != image_set.num_classes:
+        raise ValueError(f"model spec has {spec.num_classes} classes but the image set has "
+                         f"{image_set.num_classes}")
+    if data.num_classes != image_set.num_classes:
+        raise ValueError(f"the test data has {data.num_classes} classes but the image set has "
+                         f"{image_set.num_classes}")
+    if tuple(image_set.images.shape[1:]) != tuple(data.test_images.shape[1:]):
+        raise ValueError(f"image set images are {tuple(image_set.images.shape[1:])} but test "
+                         f"images are {tuple(data.test_images.shape[1:])}")
+    _check_preprocessing(image_set, data)
+
+
+def _score(model: torch.nn.Module, image_set: ImageSet, data: PreparedData, spec: ModelSpec,
+           recipe: TrainRecipe, seed: int, lr: float, lr_source: str, soft_used: bool,
+           seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
+    groups = list(data.groups)
+    test = metrics_from_predictions(data.test_labels, predict(model, data.test_images),
+                                    data.num_classes, groups)
+    lt_test = None
+    if data.lt_test_images is not None and data.lt_test_labels is not None:
+        lt_test = metrics_from_predictions(data.lt_test_labels, predict(model, data.lt_test_images),
+                                           data.num_classes, groups)
+    return json_ready({
+        "lr": lr,
+        "lr_source": lr_source,
+        "epochs": recipe.epochs,
+        "passes": recipe.epochs if recipe.protocol == "b" else recipe.epochs + 1,
+        "batch_size": recipe.batch_size,
+        "soft_labels_used": soft_used,
+        "train_images": int(image_set.images.shape[0]),
+        "train_seed": int(seed),
+        "model_spec": asdict(spec),
+        "train_recipe": asdict(recipe),
+        "test": test,
+        "lt_test": lt_test,
+        "wall_time_s": round(seconds, 3),
+        **extra,
+    })
+
+
 def evaluate_image_set(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
                        recipe: TrainRecipe, seed: int,
                        device: torch.device | str = "cpu",
@@ -86,18 +128,7 @@ def evaluate_image_set(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
     values (NaN) are stored as null so the dict is strict JSON. `ckpt` makes the training
     resumable (checkpoint.Checkpointer; the caller drops it once the result is written).
     """
-    image_set.validate()
-    if spec.num_classes != image_set.num_classes:
-        raise ValueError(f"model spec has {spec.num_classes} classes but the image set has "
-                         f"{image_set.num_classes}")
-    if data.num_classes != image_set.num_classes:
-        raise ValueError(f"the test data has {data.num_classes} classes but the image set has "
-                         f"{image_set.num_classes}")
-    if tuple(image_set.images.shape[1:]) != tuple(data.test_images.shape[1:]):
-        raise ValueError(f"image set images are {tuple(image_set.images.shape[1:])} but test "
-                         f"images are {tuple(data.test_images.shape[1:])}")
-    _check_preprocessing(image_set, data)
-
+    _check_compatible(image_set, data, spec)
     lr, lr_source = select_lr(recipe, image_set.learned_lr)
     soft = image_set.soft_labels if recipe.use_soft_labels else None
     start = time.perf_counter()
@@ -110,27 +141,33 @@ def evaluate_image_set(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
         model = train_classifier(spec, image_set.images, image_set.labels, recipe=recipe, lr=lr,
                                  seed=seed, device=device, soft_labels=soft,
                                  progress_label=f"eval {spec.arch} seed {seed}", ckpt=ckpt)
-    groups = list(data.groups)
-    test = metrics_from_predictions(data.test_labels, predict(model, data.test_images),
-                                    data.num_classes, groups)
-    lt_test = None
-    if data.lt_test_images is not None and data.lt_test_labels is not None:
-        lt_test = metrics_from_predictions(data.lt_test_labels, predict(model, data.lt_test_images),
-                                           data.num_classes, groups)
-    wall = time.perf_counter() - start
-    return json_ready({
-        "lr": lr,
-        "lr_source": lr_source,
-        "epochs": recipe.epochs,
-        "passes": recipe.epochs if recipe.protocol == "b" else recipe.epochs + 1,
-        "batch_size": recipe.batch_size,
-        "soft_labels_used": soft is not None,
-        "train_images": int(image_set.images.shape[0]),
-        "train_seed": int(seed),
-        "model_spec": asdict(spec),
-        "train_recipe": asdict(recipe),
-        "test": test,
-        "lt_test": lt_test,
-        "wall_time_s": round(wall, 3),
-        **extra,
-    })
+    return _score(model, image_set, data, spec, recipe, seed, lr, lr_source, soft is not None,
+                  time.perf_counter() - start, extra)
+
+
+def evaluate_image_set_seeds(image_set: ImageSet, data: PreparedData, spec: ModelSpec,
+                             recipe: TrainRecipe, seeds: list[int],
+                             device: torch.device | str = "cpu",
+                             artifacts: dict[str, Any] | None = None,
+                             ckpts: list[Checkpointer | None] | None = None,
+                             mode: str = "auto") -> list[dict[str, Any]]:
+    """evaluate_image_set for several seeds in one call: under Protocol A the seeds train as one
+    vmapped model where that is exact and faster (multi_seed.py: CUDA with `auto`), otherwise one
+    after another. Result s is what evaluate_image_set(..., seeds[s]) returns (its wall_time_s
+    is the batch's time divided evenly when vmapped)."""
+    from .multi_seed import train_classifiers, vmap_applies
+
+    ckpts = list(ckpts) if ckpts is not None else [None] * len(seeds)
+    if recipe.protocol == "b" or not vmap_applies(spec, device, mode) or len(seeds) < 2:
+        return [evaluate_image_set(image_set, data, spec, recipe, s, device, artifacts, c)
+                for s, c in zip(seeds, ckpts, strict=True)]
+    _check_compatible(image_set, data, spec)
+    lr, lr_source = select_lr(recipe, image_set.learned_lr)
+    soft = image_set.soft_labels if recipe.use_soft_labels else None
+    start = time.perf_counter()
+    models = train_classifiers(spec, image_set.images, image_set.labels, recipe=recipe, lr=lr,
+                               seeds=seeds, device=device, soft_labels=soft, mode=mode,
+                               ckpts=ckpts, progress_label=f"eval {spec.arch}")
+    share = (time.perf_counter() - start) / len(seeds)
+    return [_score(m, image_set, data, spec, recipe, s, lr, lr_source, soft is not None, share,
+                   {"seed_batching": "vmap"}) for s, m in zip(seeds, models, strict=True)]
