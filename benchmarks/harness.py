@@ -5,10 +5,11 @@
 
 What it measures, in one run:
   machine      fp32 matmul GFLOP/s (best of 5, n = 2048), the reference every kernel is judged by;
-  kernels      ConvNet-3 training steps (width 32 and 128, 1x28x28, batch 256, contiguous and
-               channels_last): images/s, achieved GFLOP/s (FLOPs of forward + backward counted
-               analytically from the layer shapes by torch's FlopCounterMode) and the fraction of
-               the matmul peak;
+  kernels      ConvNet-3 training steps (width 32 and 128, 1x28x28, batch 256; contiguous,
+               contiguous in cache-sized slices of 32, channels_last): images/s, achieved GFLOP/s
+               (FLOPs of forward + backward counted analytically from the layer shapes by torch's
+               FlopCounterMode) and the fraction of the matmul peak;
+  seeds        three evaluation seeds trained one after another vs as one vmapped model;
   pipeline     from a finished run of the workflow in --run-dir (Snakemake `benchmark:` TSVs,
                metrics JSONs and the config): every method's distillation wall time, seconds per
                iteration and peak RSS, expert / observer / teacher training images/s, evaluation
@@ -43,10 +44,13 @@ def matmul_gflops(n: int, reps: int = 5) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
-def convnet_training(width: int, batch: int, steps: int, channels_last: bool) -> dict:
-    """Images/s and GFLOP/s of SGD steps of ConvNet-3 (instance norm) on 1x28x28 inputs."""
+def convnet_training(width: int, batch: int, steps: int, channels_last: bool,
+                     slice_size: int | None = None) -> dict:
+    """Images/s and GFLOP/s of SGD steps of ConvNet-3 (instance norm) on 1x28x28 inputs; with
+    `slice_size` the batch goes through forward/backward in slices (ltdistill.microbatch)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from ltdistill.microbatch import sliced_backward
     from ltdistill.models import ModelSpec, build_model
 
     model = build_model(ModelSpec("convnet3", 1, 10, 28, width=width), seed=0)
@@ -57,9 +61,9 @@ def convnet_training(width: int, batch: int, steps: int, channels_last: bool) ->
     y = torch.randint(0, 10, (batch,))
 
     def step():
-        loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        sliced_backward(lambda sl: torch.nn.functional.cross_entropy(model(x[sl]), y[sl]),
+                        batch, slice_size)
         opt.step()
 
     with FlopCounterMode(display=False) as counter:
@@ -71,8 +75,30 @@ def convnet_training(width: int, batch: int, steps: int, channels_last: bool) ->
         step()
     dt = (time.perf_counter() - t) / steps
     return {"width": width, "batch": batch, "channels_last": channels_last,
-            "images_per_s": batch / dt, "gflop_per_step": flops / 1e9,
+            "slice": slice_size, "images_per_s": batch / dt, "gflop_per_step": flops / 1e9,
             "gflops": flops / dt / 1e9}
+
+
+def seed_batching(width: int, n: int, seeds: int, epochs: int) -> list[dict]:
+    """Images/s of Protocol A evaluation training of `seeds` models on an n-image set: one after
+    another (cache-sized slices on CPU) and as one vmapped model (evaluation/multi_seed.py)."""
+    from ltdistill.evaluation.multi_seed import train_classifiers
+    from ltdistill.evaluation.train import TrainRecipe
+    from ltdistill.models import ModelSpec
+
+    spec = ModelSpec("convnet3", 1, 10, 28, width=width)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 1, 28, 28, generator=g), torch.arange(n) % 10
+    recipe = TrainRecipe(epochs=epochs, batch_size=256)
+    rows = []
+    for mode in ("sequential", "vmap"):
+        t = time.perf_counter()
+        train_classifiers(spec, x, y, recipe=recipe, lr=0.01, seeds=list(range(seeds)),
+                          device="cpu", mode=mode)
+        dt = time.perf_counter() - t
+        rows.append({"width": width, "images": n, "seeds": seeds, "mode": mode,
+                     "images_per_s": seeds * n * (epochs + 1) / dt})
+    return rows
 
 
 # --------------------------------------------------------------------------- pipeline figures
@@ -141,8 +167,16 @@ def markdown(report: dict) -> str:
              "## Training kernels (ConvNet-3, 1x28x28)", "",
              "| width | batch | layout | images/s | GFLOP/s | of matmul peak |", "|---:|---:|---|---:|---:|---:|"]
     for k in report["kernels"]:
-        lines.append(f"| {k['width']} | {k['batch']} | {'channels_last' if k['channels_last'] else 'contiguous'} "
+        layout = "channels_last" if k["channels_last"] else "contiguous"
+        if k.get("slice"):
+            layout += f", slices of {k['slice']}"
+        lines.append(f"| {k['width']} | {k['batch']} | {layout} "
                      f"| {k['images_per_s']:.0f} | {k['gflops']:.1f} | {k['gflops'] / m['matmul_gflops']:.0%} |")
+    if report.get("seed_batching"):
+        lines += ["", "## Several evaluation seeds (Protocol A, ConvNet-3 with DSA)", "",
+                  "| width | images | seeds | mode | images/s |", "|---:|---:|---:|---|---:|"]
+        lines += [f"| {r['width']} | {r['images']} | {r['seeds']} | {r['mode']} | "
+                  f"{r['images_per_s']:.0f} |" for r in report["seed_batching"]]
     p = report.get("pipeline") or {}
     if p.get("jobs"):
         lines += ["", f"## Pipeline ({p['jobs']} jobs in `{report['run_dir']}`)", "",
@@ -185,7 +219,10 @@ def main(argv: list[str] | None = None) -> dict:
                     "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "cuda": torch.cuda.is_available(), "matmul_gflops": matmul_gflops(n)},
-        "kernels": [convnet_training(w, batch, steps, cl) for w in widths for cl in (False, True)],
+        "kernels": [convnet_training(w, batch, steps, cl, sl) for w in widths
+                    for cl, sl in ((False, None), (False, 8 if args.toy else 32), (True, None))],
+        "seed_batching": seed_batching(8 if args.toy else 32, 16 if args.toy else 100, 3,
+                                       1 if args.toy else 10),
         "pipeline": pipeline_figures(run_dir, config),
     }
     report["machine"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

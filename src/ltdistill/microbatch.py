@@ -83,8 +83,37 @@ def sliced_backward(loss_fn: Callable[[slice], torch.Tensor], n: int,
 
 
 def inference_batch_size(device: torch.device | str, requested: int) -> int:
-    """Batch size for no-grad prediction: on CPU at most 4 x AUTO_CPU_SLICE (cache-sized; per-sample
-    results do not depend on it in eval mode), unless slicing is off; else `requested`."""
-    if _policy == 0 or torch.device(device).type != "cpu":
+    """Batch size for no-grad forward passes: 4 x the training slice (cache-sized; samples do not
+    interact in eval mode or in per-sample-norm models), on CPU under `auto`, anywhere with an
+    explicit slice size; `requested` when slicing is off (or on CUDA under `auto`)."""
+    if _policy == 0 or (_policy == "auto" and torch.device(device).type != "cpu"):
         return requested
-    return min(requested, 4 * AUTO_CPU_SLICE)
+    return min(requested, 4 * (AUTO_CPU_SLICE if _policy == "auto" else int(_policy)))
+
+
+def sliced_grad(loss_fn: Callable[[slice], torch.Tensor], n: int, size: int | None,
+                params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Detached d(mean loss over n samples)/d(params), accumulated over slices of `size` like
+    sliced_backward but without touching `.grad` (e.g. the real-data gradients of gradient
+    matching). `loss_fn(sl)` returns the MEAN loss of the samples `sl`."""
+    if n < 1:
+        raise ValueError(f"need at least one sample, got n={n}")
+    if size is None or size >= n:
+        return [g.detach() for g in torch.autograd.grad(loss_fn(slice(0, n)), params)]
+    total: list[torch.Tensor] | None = None
+    for start in range(0, n, size):
+        sl = slice(start, min(start + size, n))
+        part = torch.autograd.grad(loss_fn(sl) * ((sl.stop - sl.start) / n), params)
+        total = [g.detach() for g in part] if total is None else [
+            t.add_(g) for t, g in zip(total, part, strict=True)]
+    return total
+
+
+@torch.no_grad()
+def sliced_forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                   size: int | None) -> torch.Tensor:
+    """torch.cat of fn over slices of x (no gradients): the same rows as fn(x) for a model whose
+    samples do not interact (check with slices_safely), computed cache-sized."""
+    if size is None or size >= len(x):
+        return fn(x)
+    return torch.cat([fn(x[i:i + size]) for i in range(0, len(x), size)])

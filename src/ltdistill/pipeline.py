@@ -236,7 +236,7 @@ def evaluate(image_set_path: str | Path, cache: str | Path, split: str | Path,
             for ident, path in zip(identities, outs, strict=True)]
     results = evaluate_image_set_seeds(image_set, data, spec, rec, seeds, dev, artifacts or None,
                                        ckpts, seed_batching)
-    for ident, path, result, ckpt in zip(identities, outs, results, ckpts, strict=True):
+    for ident, path, result in zip(identities, outs, results, strict=True):
         record = {
             **ident,
             "selection": data.split.selection,

@@ -110,3 +110,47 @@ def test_sliced_protocol_b_equals_whole_batches(policy, toy_data):
         runs[setting] = _params(model)
     assert not torch.equal(runs[0], _params(build_model(spec, 0)))
     assert torch.allclose(runs[0], runs[5], rtol=1e-4, atol=1e-5)
+
+
+def test_sliced_grad_and_forward_match_whole_batch_results():
+    from ltdistill.microbatch import sliced_forward, sliced_grad
+
+    x = torch.tensor([[1.0, 2.0], [0.0, 1.0], [3.0, -1.0], [2.0, 2.0], [-1.0, 0.5]])
+    y = torch.tensor([1.0, 0.0, 2.0, -1.0, 0.5])
+    w = torch.tensor([0.5, -0.25], requires_grad=True)
+    r = x @ w.detach() - y
+    for size in (None, 2, 3):
+        (g,) = sliced_grad(lambda sl: 0.5 * ((x[sl] @ w - y[sl]) ** 2).mean(), 5, size, [w])
+        assert torch.allclose(g, (r[:, None] * x).mean(0), atol=1e-6) and w.grad is None
+        out = sliced_forward(lambda t: t * 2, x, size)
+        assert torch.equal(out, x * 2)
+
+
+def test_fast_matching_paths_equal_the_straightforward_ones(policy):
+    from ltdistill.methods.dm import dm_loss
+    from ltdistill.methods.gradient_matching import real_gradients
+
+    net = build_model(ModelSpec("convnet3", 1, 3, 28, width=4), 0)
+    g = torch.Generator().manual_seed(1)
+    real = [torch.randn(40, 1, 28, 28, generator=g) for _ in range(3)]
+    syn = torch.randn(6, 1, 28, 28, generator=g, requires_grad=True)
+    bounds = [(0, 2), (2, 4), (4, 6)]
+    runs, calls = {}, []
+    embed = net.embed
+    net.embed = lambda x: calls.append(len(x)) or embed(x)
+    for setting in (0, 8):
+        policy(setting)
+        calls.clear()
+        grads = real_gradients(net, real, None, None, torch.contiguous_format)
+        loss = dm_loss(net, syn, bounds, real, None, None, batched=True)
+        (pix,) = torch.autograd.grad(loss, [syn])
+        runs[setting] = (grads, loss.detach(), pix)
+        # real gradients: 40 images per class whole, or in slices of 8; DM then embeds the 120
+        # real images whole, or in no-grad slices of 4 x 8, and the 6 synthetic ones
+        assert calls == ([40, 40, 40, 120, 6] if setting == 0
+                         else [8] * 15 + [32, 32, 32, 24, 6])
+    (g0, l0, p0), (g8, l8, p8) = runs[0], runs[8]
+    for per_class0, per_class8 in zip(g0, g8, strict=True):
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+                   for a, b in zip(per_class0, per_class8, strict=True))
+    assert torch.allclose(l0, l8, rtol=1e-5) and torch.allclose(p0, p8, rtol=1e-4, atol=1e-7)

@@ -24,7 +24,13 @@ from ..microbatch import slices_safely
 from ..models import ModelSpec, build_model
 from ..progress import Progress
 from ..seeding import derive_seed, generator
-from .train import TrainRecipe, decay_epoch, hard_cross_entropy, soft_cross_entropy, train_classifier
+from .train import (
+    TrainRecipe,
+    decay_epoch,
+    hard_cross_entropy,
+    soft_cross_entropy,
+    train_classifier,
+)
 
 MODES = ("auto", "vmap", "sequential")
 
@@ -123,7 +129,8 @@ def _train_vmapped(spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor,
                 idx = [o[lo:lo + batch] for o in orders]
                 xs = [x_all[i] for i in idx]
                 if augment_fn is not None:
-                    xs = [augment_fn(x, dsa_params, generator=g) for x, g in zip(xs, aug_gens)]
+                    xs = [augment_fn(x, dsa_params, generator=g)
+                          for x, g in zip(xs, aug_gens, strict=True)]
                 targets = torch.stack([(t_all if t_all is not None else y_all)[i] for i in idx])
                 p = dict(zip(names, stacked, strict=True))
                 losses = batched_loss(p, buffers, torch.stack(xs), targets)  # [S]

@@ -198,7 +198,9 @@ def train_expert(data: PreparedData, spec: ModelSpec, cfg: ExpertConfig, kind: s
                 def loss_on(sl: slice, x=x, y=y) -> torch.Tensor:
                     return F.cross_entropy(model(x[sl]), y[sl])
 
-            def backward(_fn=None, loss_on=loss_on, n=len(idx)) -> torch.Tensor:
+            n_batch = len(idx)
+
+            def backward(_fn=None, loss_on=loss_on, n=n_batch) -> torch.Tensor:
                 # cache-sized slices on CPU, the same mean-loss gradient (microbatch.py)
                 return sliced_backward(loss_on, n, None if cls_only else slice_size)
 

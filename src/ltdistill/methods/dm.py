@@ -22,6 +22,7 @@ from torch import nn
 
 from ..data.augment import DSAParams, siamese_seed_for
 from ..io import ImageSet
+from ..microbatch import inference_batch_size, sliced_forward, slices_safely
 from ..progress import Progress
 from ..seeding import generator
 from .base import DistillContext, register_method
@@ -91,8 +92,9 @@ def dm_loss(net: nn.Module, syn: torch.Tensor, bounds: Sequence[tuple[int, int]]
         real_aug = [siamese(x, params, seed(c)) for c, x in enumerate(real)]
     syn_aug = [siamese(syn[s:e], params, seed(c)) for c, (s, e) in enumerate(bounds)]
     if batched:
-        with torch.no_grad():
-            r = net.embed(torch.cat(real_aug).contiguous(memory_format=memory_format))
+        size = inference_batch_size(syn.device, 1 << 30) if slices_safely(net) else None
+        r = sliced_forward(net.embed, torch.cat(real_aug).contiguous(memory_format=memory_format),
+                           size)  # no gradients; cache-sized slices on CPU
         s = net.embed(torch.cat(syn_aug).contiguous(memory_format=memory_format))
         return mean_embedding_loss(r, [len(x) for x in real], s, [e - b for b, e in bounds])
     total = torch.zeros((), device=syn.device)

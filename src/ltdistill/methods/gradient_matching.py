@@ -31,6 +31,7 @@ from torch.func import functional_call, grad, vmap
 
 from ..data.augment import DSAParams, dsa, parse_strategy, siamese_seed_for
 from ..io import ImageSet
+from ..microbatch import micro_batch_size, sliced_grad
 from ..models import build_model
 from ..progress import Progress
 from ..seeding import derive_seed, generator
@@ -261,13 +262,18 @@ def real_gradients(net: nn.Module, real: Sequence[torch.Tensor], seeds: Sequence
                    ) -> list[list[torch.Tensor]]:
     """Detached per-class gradients of mean CE on the (Siamese-augmented) real batches."""
     plist = list(net.parameters())
+    size = micro_batch_size(net, next(iter(plist)).device)  # cache-sized slices on CPU
     out = []
     for c, x in enumerate(real):
         with torch.no_grad():
             x = siamese(x, params, seeds[c] if seeds is not None else None)
-        loss = F.cross_entropy(net(x.contiguous(memory_format=memory_format)),
-                               _ce_labels(len(x), c, x.device))
-        out.append([g.detach() for g in torch.autograd.grad(loss, plist)])
+        x = x.contiguous(memory_format=memory_format)
+        y = _ce_labels(len(x), c, x.device)
+
+        def loss_on(sl: slice, x=x, y=y) -> torch.Tensor:
+            return F.cross_entropy(net(x[sl]), y[sl])
+
+        out.append(sliced_grad(loss_on, len(x), size, plist))
     return out
 
 
