@@ -149,8 +149,27 @@ def test_fast_matching_paths_equal_the_straightforward_ones(policy):
         # real images whole, or in no-grad slices of 4 x 8, and the 6 synthetic ones
         assert calls == ([40, 40, 40, 120, 6] if setting == 0
                          else [8] * 15 + [32, 32, 32, 24, 6])
+        per_class = dm_loss(net, syn, bounds, real, None, None, batched=False)
+        assert torch.allclose(per_class, loss, rtol=1e-5)
     (g0, l0, p0), (g8, l8, p8) = runs[0], runs[8]
     for per_class0, per_class8 in zip(g0, g8, strict=True):
         assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6)
                    for a, b in zip(per_class0, per_class8, strict=True))
     assert torch.allclose(l0, l8, rtol=1e-5) and torch.allclose(p0, p8, rtol=1e-4, atol=1e-7)
+
+
+def test_sliced_inner_training_equals_whole_batches(policy):
+    from ltdistill.methods.gradient_matching import train_inner
+
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(20, 1, 28, 28, generator=g), torch.arange(20) % 4
+    runs = {}
+    for setting in (0, 4):
+        policy(setting)
+        net = build_model(ModelSpec("convnet3", 1, 4, 28, width=4), 0)
+        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.5)
+        train_inner(net, opt, x, y, 2, 16, None, torch.Generator().manual_seed(0),
+                    torch.Generator().manual_seed(1), torch.contiguous_format)
+        runs[setting] = _params(net)
+    assert not torch.equal(runs[0], _params(build_model(ModelSpec("convnet3", 1, 4, 28, width=4), 0)))
+    assert torch.allclose(runs[0], runs[4], rtol=1e-4, atol=1e-5)

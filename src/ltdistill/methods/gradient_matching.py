@@ -31,7 +31,7 @@ from torch.func import functional_call, grad, vmap
 
 from ..data.augment import DSAParams, dsa, parse_strategy, siamese_seed_for
 from ..io import ImageSet
-from ..microbatch import micro_batch_size, sliced_grad
+from ..microbatch import micro_batch_size, sliced_backward, sliced_grad
 from ..models import build_model
 from ..progress import Progress
 from ..seeding import derive_seed, generator
@@ -336,6 +336,7 @@ def train_inner(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
     min(batch, N), per-sample DSA when on, mean CE, train mode."""
     net.train()
     n = len(x)
+    size = micro_batch_size(net, x.device)  # cache-sized slices on CPU, the same gradient
     for _ in range(epochs):
         order = torch.randperm(n, generator=g_shuffle).to(x.device)
         for start in range(0, n, batch):
@@ -343,9 +344,10 @@ def train_inner(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
             xb = x[idx]
             if params is not None:
                 xb = dsa(xb, params, generator=g_aug)
-            loss = F.cross_entropy(net(xb.contiguous(memory_format=memory_format)), y[idx])
+            xb, yb = xb.contiguous(memory_format=memory_format), y[idx]
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            sliced_backward(lambda sl, xb=xb, yb=yb: F.cross_entropy(net(xb[sl]), yb[sl]),
+                            len(idx), size)
             opt.step()
 
 
