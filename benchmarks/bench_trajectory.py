@@ -18,7 +18,10 @@ TESLA cost is linear in N with no fixed part, so N_probe steps are timed and sca
 unroll is timed at N = 2 and 4 and extrapolated linearly (time and memory). --full-paper times
 whole iterations instead.
 
-Usage: python benchmarks/bench_trajectory.py [--settings cpu paper] [--threads 1] [--full-paper]
+  reference  Fashion-MNIST 1x28x28, ConvNet-3 width 128, IPC 10, syn_steps 20 for all three, the
+         whole synthetic set per step: where the reference MTT code was timed (issue 8)
+
+Usage: python benchmarks/bench_trajectory.py [--settings cpu paper reference] [--threads 1] [--full-paper]
            [--out benchmarks/results/trajectory.json]
 """
 
@@ -41,6 +44,11 @@ SETTINGS = {
                 steps={"mtt": 10, "datm": 10, "damed": (10, 10)}),
     "paper": dict(channels=3, size=32, width=128, ipc=10, batch_syn=0,
                   steps={"mtt": 20, "datm": 80, "damed": (80, 80)}),
+    # where the reference MTT code was timed (issue 8: 21-30 s per iteration, 8.8 GB peak):
+    # Fashion-MNIST 1x28x28, ConvNet-3 width 128, IPC 10, syn_steps 20, the whole synthetic set
+    # per step; DATM and DAMED at the same syn_steps and batch size
+    "reference": dict(channels=1, size=28, width=128, ipc=10, batch_syn=0,
+                      steps={"mtt": 20, "datm": 20, "damed": (20, 20)}),
 }
 MEMORY_STEPS = (10, 20, 40)
 
@@ -109,11 +117,15 @@ def _expert_rate(setting: str, kind: str, batches: int) -> float:
 
     from ltdistill.data.augment import DSAParams, dsa
     from ltdistill.experts import GSAM
-    from ltdistill.models import ModelSpec, build_model
+    from ltdistill.microbatch import micro_batch_size, sliced_backward
+    from ltdistill.models import ModelSpec, build_model, preferred_memory_format
 
     s = SETTINGS[setting]
     spec = ModelSpec("convnet3", s["channels"], 10, s["size"], width=s["width"])
-    model = build_model(spec, 0).to(memory_format=torch.channels_last)
+    model = build_model(spec, 0)
+    fmt = preferred_memory_format(model, "cpu")  # what experts/train.py uses
+    model = model.to(memory_format=fmt)
+    size = micro_batch_size(model, "cpu")
     if kind == "damed_cls":
         model.requires_grad_(False)
         model.classifier.requires_grad_(True)
@@ -125,23 +137,26 @@ def _expert_rate(setting: str, kind: str, batches: int) -> float:
     y = torch.randint(0, 10, (256,), generator=g)
 
     def one() -> None:
-        xb = dsa(x, DSAParams(), generator=g).contiguous(memory_format=torch.channels_last)
+        xb = dsa(x, DSAParams(), generator=g).contiguous(memory_format=fmt)
         if kind == "damed_cls":
             with torch.no_grad():
                 feats = model.embed(xb)
 
-            def loss_fn():
-                return F.cross_entropy(model.classifier(feats), y)
+            def loss_on(sl):
+                return F.cross_entropy(model.classifier(feats[sl]), y[sl])
         else:
 
-            def loss_fn():
-                return F.cross_entropy(model(xb), y)
+            def loss_on(sl):
+                return F.cross_entropy(model(xb[sl]), y[sl])
+
+        def backward(_fn=None):  # as experts/train.py: cache-sized slices, the same gradient
+            return sliced_backward(loss_on, 256, None if kind == "damed_cls" else size)
 
         if gsam is not None:
-            gsam.step(loss_fn)
+            gsam.step(lambda: loss_on(slice(None)), backward=backward)
         else:
             base.zero_grad()
-            loss_fn().backward()
+            backward()
             base.step()
 
     one()  # warm-up

@@ -91,16 +91,16 @@ def dm_loss(net: nn.Module, syn: torch.Tensor, bounds: Sequence[tuple[int, int]]
     with torch.no_grad():
         real_aug = [siamese(x, params, seed(c)) for c, x in enumerate(real)]
     syn_aug = [siamese(syn[s:e], params, seed(c)) for c, (s, e) in enumerate(bounds)]
-    # the real embeddings need no gradients: cache-sized slices on CPU for per-sample-norm nets
-    size = inference_batch_size(syn.device, 1 << 30) if slices_safely(net) else None
     if batched:
+        size = inference_batch_size(syn.device, 1 << 30) if slices_safely(net) else None
         r = sliced_forward(net.embed, torch.cat(real_aug).contiguous(memory_format=memory_format),
-                           size)
+                           size)  # no gradients; cache-sized slices on CPU
         s = net.embed(torch.cat(syn_aug).contiguous(memory_format=memory_format))
         return mean_embedding_loss(r, [len(x) for x in real], s, [e - b for b, e in bounds])
     total = torch.zeros((), device=syn.device)
     for xr, xs in zip(real_aug, syn_aug, strict=True):
-        mr = sliced_forward(net.embed, xr.contiguous(memory_format=memory_format), size).mean(dim=0)
+        with torch.no_grad():
+            mr = net.embed(xr.contiguous(memory_format=memory_format)).mean(dim=0)
         ms = net.embed(xs.contiguous(memory_format=memory_format)).mean(dim=0)
         total = total + ((mr - ms) ** 2).sum()
     return total
