@@ -31,7 +31,12 @@ for i in $(seq 0 $((NGPU - 1))); do touch "$STATE/gpus/fakegpu$i"; done
 chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
 install -d -o munge -g munge -m 0755 /run/munge
 install -d -o munge -g munge /var/log/munge /var/lib/munge
-[ -S /run/munge/munge.socket.2 ] || su -s /bin/sh munge -c /usr/sbin/munged
+# a socket left by a munged that is gone (machine reused, daemon killed) would be taken for a
+# running one: start munged unless its pid is alive, clearing the stale files first
+if ! { [ -s /run/munge/munged.pid ] && kill -0 "$(cat /run/munge/munged.pid)" 2>/dev/null; }; then
+  rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock /run/munge/munged.pid
+  su -s /bin/sh munge -c /usr/sbin/munged
+fi
 munge -n | unmunge >/dev/null
 
 install -d -o slurm -g slurm "$STATE/ctld" /var/log/slurm

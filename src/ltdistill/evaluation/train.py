@@ -153,7 +153,7 @@ def train_classifier(
     (microbatch.py: the same gradient up to float summation order, about 1.5x the throughput).
     `epoch_callback(epoch, model, optimizer)` runs at the end of every epoch, after the decay.
     `ckpt` checkpoints after epochs (model, optimiser, generators); a killed run resumed from it
-    returns a bit-identical model on CPU (tests/methods/test_resume.py).
+    returns a bit-identical model on CPU (tests/unit/test_resume_training.py).
     """
     if not lr > 0:
         raise ValueError(f"learning rate must be positive, got {lr}")

@@ -140,7 +140,7 @@ def train_expert(data: PreparedData, spec: ModelSpec, cfg: ExpertConfig, kind: s
     """Train expert `index` of `kind` on the LT training split; returns ([E+1, P] float32 CPU
     snapshots, final balanced-test top-1). `init` (a flat vector) replaces the seeded init.
     `ckpt` checkpoints after epochs (model, optimiser, sampler, generators, snapshots so far); a
-    killed run resumed from it ends bit-identical on CPU (tests/methods/test_resume.py)."""
+    killed run resumed from it ends bit-identical on CPU (tests/unit/test_resume_training.py)."""
     device = torch.device(device)
     seed = expert_seed(kind, cfg, index)
     model = build_model(spec, seed).to(device)
