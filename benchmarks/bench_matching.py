@@ -14,6 +14,7 @@ paths; one inner epoch) are timed and the iteration is estimated from them; at t
 (and at the paper setting with --full-paper) one whole iteration is also timed end to end.
 
 Usage: python benchmarks/bench_matching.py [--settings cpu paper] [--threads 1] [--full-paper]
+           [--allocator auto|system]
            [--out benchmarks/results/matching.json]
 """
 
@@ -184,9 +185,14 @@ def main() -> None:
     ap.add_argument("--full-paper", action="store_true",
                     help="also time one whole DC/DSA iteration at the paper setting (minutes)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "matching.json"))
+    ap.add_argument("--allocator", default="auto", choices=["auto", "system"],
+                    help="runtime.allocator of the measured processes (system = malloc as is)")
     ap.add_argument("--worker", nargs=2, metavar=("SETTING", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from ltdistill.allocator import tune_allocator
+
+    tune_allocator(args.allocator)
     if args.worker:
         print(json.dumps(worker(*args.worker, args.full_paper)))
         return
@@ -194,7 +200,7 @@ def main() -> None:
     for setting in args.settings:
         for method in args.methods:
             cmd = [sys.executable, __file__, "--worker", setting, method,
-                   "--threads", str(args.threads)] + (["--full-paper"] if args.full_paper else [])
+                   "--threads", str(args.threads), "--allocator", args.allocator] + (["--full-paper"] if args.full_paper else [])
             start = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
@@ -207,7 +213,7 @@ def main() -> None:
             how = "measured" if "s_per_iteration_measured" in rec or method == "dm" else "estimated"
             print(f"{setting:6s} {method:4s} {rec['s_per_iteration']:9.3f} s/iteration ({how})  "
                   f"peak RSS {rec['peak_rss_mb']:8.1f} MB", flush=True)
-    payload = {"torch": torch.__version__, "threads": args.threads, "machine": platform.machine(),
+    payload = {"torch": torch.__version__, "threads": args.threads, "allocator": args.allocator, "machine": platform.machine(),
                "cpu_count": os.cpu_count(),
                "note": "shared machine: compare load_average_after; timings inflate with load",
                "processor": platform.processor(), "results": results}

@@ -22,6 +22,7 @@ whole iterations instead.
          whole synthetic set per step: where the reference MTT code was timed (issue 8)
 
 Usage: python benchmarks/bench_trajectory.py [--settings cpu paper reference] [--threads 1] [--full-paper]
+           [--allocator auto|system]
            [--out benchmarks/results/trajectory.json]
 """
 
@@ -169,6 +170,9 @@ def _expert_rate(setting: str, kind: str, batches: int) -> float:
 def measure(job: dict) -> dict:
     """Run inside the child process: one measurement, with its own peak memory."""
     torch.set_num_threads(job["threads"])
+    from ltdistill.allocator import tune_allocator
+
+    tune_allocator(job.get("allocator", "auto"))
     base = _rss_mb()
     if job["what"] == "expert":
         rate = _expert_rate(job["setting"], job["kind"], job["batches"])
@@ -193,10 +197,11 @@ def method_phases(method: str, steps) -> list[tuple[str, int, bool]]:
     return [("rep", steps[0], True), ("cls", steps[1], True)]
 
 
-def distill_iteration(setting: str, method: str, threads: int, full: bool, probe: int) -> dict:
+def distill_iteration(setting: str, method: str, threads: int, full: bool, probe: int,
+                      allocator: str = "auto") -> dict:
     steps = SETTINGS[setting]["steps"][method]
     phases = method_phases(method, steps)
-    job = {"what": "iteration", "setting": setting, "threads": threads}
+    job = {"what": "iteration", "setting": setting, "threads": threads, "allocator": allocator}
     if full or setting == "cpu":
         r = run_child({**job, "phases": phases})
         return {**r, "syn_steps": steps, "estimated": False}
@@ -221,6 +226,8 @@ def main() -> None:
     ap.add_argument("--full-paper", action="store_true", help="time whole paper-scale iterations")
     ap.add_argument("--probe-steps", type=int, default=3, help="TESLA steps timed per phase (paper)")
     ap.add_argument("--out", default="benchmarks/results/trajectory.json")
+    ap.add_argument("--allocator", default="auto", choices=["auto", "system"],
+                    help="runtime.allocator of the measured processes (system = malloc as is)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -228,19 +235,21 @@ def main() -> None:
         return
     results: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                                  "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                                 "threads": args.threads,
+                                 "threads": args.threads, "allocator": args.allocator,
                                  "load_average_at_start": os.getloadavg()},
                      "settings": SETTINGS, "expert_training": {}, "distillation": {},
                      "tesla_memory": {}}
     for setting in args.settings:
         for kind in ("mtt", "datm", "damed_cls"):
             r = run_child({"what": "expert", "setting": setting, "kind": kind,
-                           "threads": args.threads, "batches": 4 if setting == "cpu" else 2})
+                           "threads": args.threads, "allocator": args.allocator,
+                           "batches": 4 if setting == "cpu" else 2})
             results["expert_training"][f"{setting}/{kind}"] = r
             print(f"{setting:5s} expert {kind:9s} {r['images_per_s']:8.0f} images/s "
                   f"peak {r['peak_rss_mb']:.0f} MB", flush=True)
         for method in ("mtt", "datm", "damed"):
-            r = distill_iteration(setting, method, args.threads, args.full_paper, args.probe_steps)
+            r = distill_iteration(setting, method, args.threads, args.full_paper, args.probe_steps,
+                                  args.allocator)
             results["distillation"][f"{setting}/{method}"] = r
             print(f"{setting:5s} {method:5s} N {r['syn_steps']}: {r['seconds']:.2f} s/iteration, "
                   f"peak {r['peak_rss_mb']:.0f} MB{' (estimated)' if r['estimated'] else ''}",
@@ -248,7 +257,7 @@ def main() -> None:
     for tesla in (True, False):
         for n in MEMORY_STEPS if tesla else MEMORY_STEPS[:2]:
             r = run_child({"what": "iteration", "setting": "cpu", "threads": args.threads,
-                           "phases": [("soft", n, tesla)]})
+                           "allocator": args.allocator, "phases": [("soft", n, tesla)]})
             results["tesla_memory"][f"{'tesla' if tesla else 'exact'}/N{n}"] = r
             print(f"cpu   {'tesla' if tesla else 'exact'} N {n:3d}: peak {r['peak_rss_mb']:.0f} MB, "
                   f"{r['seconds']:.2f} s", flush=True)

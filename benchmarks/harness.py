@@ -163,7 +163,8 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"# ltdistill benchmark harness ({m['date']})", "",
              f"`{report['command']}` on {m['cpu_count']} CPU cores, torch {m['torch']}, "
-             f"{m['threads']} threads; fp32 matmul peak **{m['matmul_gflops']:.0f} GFLOP/s**.", "",
+             f"{m['threads']} threads, allocator {m.get('allocator', 'system')}; fp32 matmul peak "
+             f"**{m['matmul_gflops']:.0f} GFLOP/s**.", "",
              "## Training kernels (ConvNet-3, 1x28x28)", "",
              "| width | batch | layout | images/s | GFLOP/s | of matmul peak |", "|---:|---:|---|---:|---:|---:|"]
     for k in report["kernels"]:
@@ -204,10 +205,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--toy", action="store_true", help="tiny kernels (for the test suite)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "harness"))
+    ap.add_argument("--allocator", default="auto", choices=["auto", "system"],
+                    help="runtime.allocator for the kernels (system = malloc as is)")
     args = ap.parse_args(argv)
     import yaml
 
+    from ltdistill.allocator import tune_allocator
+
     torch.set_num_threads(args.threads)
+    allocator_tuned = tune_allocator(args.allocator)
     run_dir = Path(args.run_dir)
     config = yaml.safe_load(Path(args.config or run_dir / "config/config.yaml").read_text())
     n, steps, widths = (128, 1, [8]) if args.toy else (2048, 20, [32, 128])
@@ -218,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu_count": os.cpu_count(),
                     "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "cuda": torch.cuda.is_available(), "matmul_gflops": matmul_gflops(n)},
+                    "cuda": torch.cuda.is_available(), "matmul_gflops": matmul_gflops(n),
+                    "allocator": args.allocator, "allocator_tuned": allocator_tuned},
         "kernels": [convnet_training(w, batch, steps, cl, sl) for w in widths
                     for cl, sl in ((False, None), (False, 8 if args.toy else 32), (True, None))],
         "seed_batching": seed_batching(8 if args.toy else 32, 16 if args.toy else 100, 3,

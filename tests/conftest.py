@@ -7,12 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ltdistill.allocator import tune_allocator
 from ltdistill.data.base import RawDataset
 from ltdistill.data.long_tail import make_split
 from ltdistill.data.prepared import prepare
 from ltdistill.data.preprocess import make_preprocessing
 
 torch.set_num_threads(1)
+tune_allocator()  # as every job does (jobs.start): faster CPU tensors, same results
 
 
 def make_raw(num_classes: int = 4, per_class: int = 16, test_per_class: int = 4, size: int = 8,

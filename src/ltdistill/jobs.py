@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .allocator import tune_allocator
 from .microbatch import set_micro_batch
 from .progress import setup_logging
 
@@ -38,6 +39,7 @@ def start(job: Any) -> logging.Logger:
     runtime = (getattr(job, "config", None) or {}).get("runtime", {})
     set_deterministic(bool(runtime.get("deterministic", False)))
     set_micro_batch(runtime.get("micro_batch", "auto"))
+    tune_allocator(runtime.get("allocator", "auto"))
     logger = logging.getLogger(f"ltdistill.job.{job.rule}")
     logger.info("rule %s wildcards %s threads %d", job.rule, dict(job.wildcards), job.threads)
     return logger

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from . import MODELS, ModelSpec
+from .fast_ops import AvgPool2x2
 from .norms import make_norm
 
 
@@ -21,7 +22,7 @@ class ConvNet(nn.Module):
         for d in range(depth):
             pad = 3 if (channels == 1 and d == 0) else 1
             layers += [nn.Conv2d(in_ch, width, 3, padding=pad), make_norm(norm, width, size),
-                       nn.ReLU(inplace=True), nn.AvgPool2d(2, 2)]
+                       nn.ReLU(inplace=True), AvgPool2x2()]
             in_ch = width
             size //= 2
         self.features = nn.Sequential(*layers)
