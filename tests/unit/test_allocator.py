@@ -16,7 +16,7 @@ from ltdistill.allocator import tune_allocator
 print(tune_allocator(sys.argv[1]))
 x = torch.ones(16 * 2**20)  # 64 MB
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+for _ in range(40):
     y = x * 2.0  # a fresh 64 MB result, freed when y is rebound
     del y
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -34,9 +34,9 @@ def test_auto_stops_refaulting_large_tensors():
     tuned, tuned_faults = _faults("auto")
     untuned, untuned_faults = _faults("system")
     assert (tuned, untuned) == ("True", "False")
-    pages = 10 * 16 * 2**20 * 4 // 4096  # every result page faulted once per allocation
+    pages = 40 * 16 * 2**20 * 4 // 4096  # every result page faulted once per allocation
     assert untuned_faults >= 0.9 * pages  # the default: mmap / munmap per tensor
-    assert tuned_faults < 0.3 * pages  # tuned: the heap grows once or twice, then is reused
+    assert tuned_faults < 0.3 * pages  # tuned: the heap grows a few times, then is reused
 
 
 def test_bad_policy_is_named():
