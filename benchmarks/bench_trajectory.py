@@ -47,9 +47,11 @@ SETTINGS = {
                   steps={"mtt": 20, "datm": 80, "damed": (80, 80)}),
     # where the reference MTT code was timed (issue 8: 21-30 s per iteration, 8.8 GB peak):
     # Fashion-MNIST 1x28x28, ConvNet-3 width 128, IPC 10, syn_steps 20, the whole synthetic set
-    # per step; DATM and DAMED at the same syn_steps and batch size
+    # per step; DATM and DAMED at the same syn_steps and batch size. mtt_segmented: the same exact
+    # gradient with the graph of 5 steps alive at a time (exact_segment 5)
     "reference": dict(channels=1, size=28, width=128, ipc=10, batch_syn=0,
-                      steps={"mtt": 20, "datm": 20, "damed": (20, 20)}),
+                      steps={"mtt": 20, "mtt_segmented": 20, "datm": 20, "damed": (20, 20)},
+                      exact_segment=5),
 }
 MEMORY_STEPS = (10, 20, 40)
 
@@ -85,8 +87,9 @@ def _setup(setting: str):
     return net, theta0, target, x, y, specs, dsa_params(True, "color_crop_cutout_flip_scale_rotate")
 
 
-def _iteration(setting: str, phases: list[tuple[str, int, bool]]) -> float:
-    """Time one iteration made of (spec name, syn_steps, tesla) phases; returns seconds."""
+def _iteration(setting: str, phases: list[tuple]) -> float:
+    """Time one iteration made of (spec name, syn_steps, tesla[, exact_segment]) phases; returns
+    seconds."""
     from ltdistill.methods.trajectory_core import (
         Unroll,
         make_synthetic,
@@ -104,9 +107,10 @@ def _iteration(setting: str, phases: list[tuple[str, int, bool]]) -> float:
     start = time.perf_counter()
     for opt in opts:
         opt.zero_grad(set_to_none=True)
-    for k, (name, steps, tesla) in enumerate(phases):
+    for k, (name, steps, tesla, *segment) in enumerate(phases):
         unroll = Unroll(unroll_batches(len(y), SETTINGS[setting]["batch_syn"], steps, g), (k,), aug)
-        match_step(net, syn, theta0, target, unroll, specs[name], tesla)
+        match_step(net, syn, theta0, target, unroll, specs[name], tesla,
+                   exact_segment=segment[0] if segment else 0)
     for opt in opts:
         opt.step()
     return time.perf_counter() - start
@@ -178,7 +182,7 @@ def measure(job: dict) -> dict:
         rate = _expert_rate(job["setting"], job["kind"], job["batches"])
         return {"images_per_s": rate, "peak_rss_mb": _peak_mb() - base}
     phases = [tuple(p) for p in job["phases"]]
-    _iteration(job["setting"], [(n, min(s, 1), t) for n, s, t in phases])  # warm-up
+    _iteration(job["setting"], [(n, min(s, 1), t) for n, s, t, *_ in phases])  # warm-up
     seconds = _iteration(job["setting"], phases)
     return {"seconds": seconds, "peak_rss_mb": _peak_mb() - base}
 
@@ -189,9 +193,11 @@ def run_child(job: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def method_phases(method: str, steps) -> list[tuple[str, int, bool]]:
+def method_phases(method: str, steps, segment: int = 0) -> list[tuple]:
     if method == "mtt":
         return [("hard", steps, False)]
+    if method == "mtt_segmented":
+        return [("hard", steps, False, segment)]
     if method == "datm":
         return [("soft", steps, True)]
     return [("rep", steps[0], True), ("cls", steps[1], True)]
@@ -200,9 +206,9 @@ def method_phases(method: str, steps) -> list[tuple[str, int, bool]]:
 def distill_iteration(setting: str, method: str, threads: int, full: bool, probe: int,
                       allocator: str = "auto") -> dict:
     steps = SETTINGS[setting]["steps"][method]
-    phases = method_phases(method, steps)
+    phases = method_phases(method, steps, SETTINGS[setting].get("exact_segment", 0))
     job = {"what": "iteration", "setting": setting, "threads": threads, "allocator": allocator}
-    if full or setting == "cpu":
+    if full or setting in ("cpu", "reference"):  # the reference setting is timed whole
         r = run_child({**job, "phases": phases})
         return {**r, "syn_steps": steps, "estimated": False}
     if method == "mtt":  # exact: t(N) = a + b N, memory likewise
@@ -247,11 +253,11 @@ def main() -> None:
             results["expert_training"][f"{setting}/{kind}"] = r
             print(f"{setting:5s} expert {kind:9s} {r['images_per_s']:8.0f} images/s "
                   f"peak {r['peak_rss_mb']:.0f} MB", flush=True)
-        for method in ("mtt", "datm", "damed"):
+        for method in SETTINGS[setting]["steps"]:
             r = distill_iteration(setting, method, args.threads, args.full_paper, args.probe_steps,
                                   args.allocator)
             results["distillation"][f"{setting}/{method}"] = r
-            print(f"{setting:5s} {method:5s} N {r['syn_steps']}: {r['seconds']:.2f} s/iteration, "
+            print(f"{setting:5s} {method:13s} N {r['syn_steps']}: {r['seconds']:.2f} s/iteration, "
                   f"peak {r['peak_rss_mb']:.0f} MB{' (estimated)' if r['estimated'] else ''}",
                   flush=True)
     for tesla in (True, False):

@@ -33,6 +33,7 @@ M_MMAP_MAX = -4
 TRIM_THRESHOLD = 2**31 - 1  # an int: the largest value mallopt takes
 POLICIES = ("auto", "system")
 _applied = False
+_libc = None
 
 
 def tune_allocator(policy: str = "auto") -> bool:
@@ -50,7 +51,18 @@ def tune_allocator(policy: str = "auto") -> bool:
     except (OSError, AttributeError):  # not glibc
         log.debug("no mallopt in this C library: allocator left alone")
         return False
+    global _libc
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     _applied = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    _libc = libc if _applied else None
     return _applied
+
+
+def release_free_memory() -> None:
+    """Give the free pages of a tuned heap back to the kernel (malloc_trim), for a caller that has
+    just freed a large working set and will build a different one (a segment of an unrolled
+    graph): without it the next working set lands partly beside the freed one, which raises peak
+    RSS. A no-op unless `tune_allocator` applied."""
+    if _libc is not None:
+        _libc.malloc_trim(0)

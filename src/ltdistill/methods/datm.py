@@ -96,11 +96,18 @@ class DATMConfig:
     pix_init: str | None = None
     ipc_policy: str = "duplicate"
     tesla: bool = True
+    # exact gradient only: keep the graph of at most this many unroll steps at once and
+    # recompute the rest (same gradient, memory / (N / segment), ~+1/3 step per recomputed step);
+    # 0 = the whole unroll
+    exact_segment: int = 0
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
 
     def __post_init__(self) -> None:
         coerce_float_fields(self)
+        if self.exact_segment < 0:
+            raise ValueError("exact_segment must be >= 0 (0 = the whole unroll), got "
+                             f"{self.exact_segment}")
         if self.pix_init not in (None, "correct", "real"):
             raise ValueError(f"pix_init must be correct or real, got '{self.pix_init}'")
         if self.ipc_policy not in ("duplicate", "noise"):
@@ -138,7 +145,8 @@ def datm(ctx: DistillContext, cfg: DATMConfig) -> ImageSet:
                         ("datm", ctx.seed, it), aug)
         return match_step(net, syn, expert.snapshot(t, dev),
                           expert.snapshot(t + cfg.expert_epochs, dev), unroll, spec, cfg.tesla,
-                          gate=cfg.threshold if cfg.threshold > 0 else None)
+                          gate=cfg.threshold if cfg.threshold > 0 else None,
+                          exact_segment=cfg.exact_segment)
 
     stats = optimise(syn, opts, cfg.iterations, step, f"datm ipc {ctx.ipc}",
                      ckpt=ctx.checkpointer("datm", cfg).track(run_rng=g_run))

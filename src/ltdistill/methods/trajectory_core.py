@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from ..allocator import release_free_memory
 from ..checkpoint import Checkpointer
 from ..checkpoint import disabled as disabled_checkpointer
 from ..data.augment import DSAParams, dsa
@@ -218,6 +219,61 @@ def exact_match(net: FlatNet, syn: Synthetic, theta0: torch.Tensor, target: torc
     return (theta[sl] - target[sl]).pow(2).sum() / _distance(theta0, target, sl)
 
 
+def segmented_match(net: FlatNet, syn: Synthetic, theta0: torch.Tensor, target: torch.Tensor,
+                    unroll: Unroll, spec: MatchSpec, segment: int, weight: float = 1.0,
+                    gate: float | None = None) -> tuple[float, bool]:
+    """The exact MTT gradient with the graph of at most `segment` steps alive at once (gradient
+    checkpointing over the unroll). Pass 1 runs the first steps without a graph and keeps theta
+    at every segment start (N / segment parameter vectors, a few MB). Then, last segment first,
+    each segment is re-run with its graph from its stored start theta_s and back-propagated:
+    the last one from the loss, the others from the adjoint v = dL/dtheta_e that the later
+    segment left on its start vector, accumulating weight * dL/d(X, labels, alpha) into .grad.
+    The same gradient as `exact_match` (float summation order aside); peak memory is a
+    segment's graph instead of the whole unroll's, for (N - segment) extra gradient steps
+    without a graph (~1/3 of a step with one). Returns (loss, accumulated), gated like
+    `match_step`."""
+    n = len(unroll.batches)
+    if segment < 1:
+        raise ValueError(f"exact_segment must be >= 1 (0 = no segments), got {segment}")
+    starts = list(range(0, n, segment))
+    a = float(syn.alpha.detach())
+    images, targets = syn.images.detach(), syn.targets.detach()
+    kept = [theta0.detach()]
+    theta = theta0.detach()
+    for i in range(starts[-1]):
+        x = unroll.augment(images[unroll.batches[i]], i)
+        g = _grad(net, theta.requires_grad_(True), x, targets[unroll.batches[i]], spec,
+                  create_graph=False)
+        theta = theta.detach() - a * g
+        if (i + 1) % segment == 0:
+            kept.append(theta)
+    sl = spec.matched
+    loss = float("nan")
+    adjoint = None
+    for k in reversed(range(len(starts))):
+        start = kept[k].clone().requires_grad_(True)
+        theta = start
+        for i in range(starts[k], min(starts[k] + segment, n)):
+            idx = unroll.batches[i]
+            x = unroll.augment(syn.images[idx], i)
+            theta = theta - syn.alpha * _grad(net, theta, x, syn.targets[idx], spec,
+                                              create_graph=True)
+        inputs = syn.leaves() + ([start] if k > 0 else [])
+        if adjoint is None:
+            loss_t = (theta[sl] - target[sl]).pow(2).sum() / _distance(theta0, target, sl)
+            loss = float(loss_t.detach())
+            if gate is not None and not loss <= gate:
+                return loss, False
+            torch.autograd.backward(weight * loss_t, inputs=inputs)
+        else:
+            torch.autograd.backward(theta, grad_tensors=adjoint, inputs=inputs)
+        if k > 0:
+            adjoint = start.grad
+        del theta, start
+        release_free_memory()  # the freed segment graph, before the next is built
+    return loss, True
+
+
 def tesla_forward(net: FlatNet, syn: Synthetic, theta0: torch.Tensor, target: torch.Tensor,
                   unroll: Unroll, spec: MatchSpec) -> tuple[float, torch.Tensor, torch.Tensor]:
     """TESLA pass 1 without a graph: theta_{i+1} = theta_i - alpha g_i. Returns (loss, G = sum g_i,
@@ -263,9 +319,14 @@ def tesla_backward(net: FlatNet, syn: Synthetic, theta0: torch.Tensor, target: t
 
 def match_step(net: FlatNet, syn: Synthetic, theta0: torch.Tensor, target: torch.Tensor,
                unroll: Unroll, spec: MatchSpec, tesla: bool, weight: float = 1.0,
-               gate: float | None = None) -> tuple[float, bool]:
+               gate: float | None = None, exact_segment: int = 0) -> tuple[float, bool]:
     """Compute one matching loss and, unless it exceeds `gate`, accumulate weight * its gradient
-    into syn's leaves. Returns (loss, accumulated)."""
+    into syn's leaves. Returns (loss, accumulated). The exact gradient keeps the whole unroll's
+    graph, or with `exact_segment` > 0 and shorter than the unroll, `exact_segment` steps of it
+    at a time (`segmented_match`)."""
+    if not tesla and 0 < exact_segment < len(unroll.batches):
+        return segmented_match(net, syn, theta0, target, unroll, spec, exact_segment, weight,
+                               gate)
     if tesla:
         loss, total, resid = tesla_forward(net, syn, theta0, target, unroll, spec)
         if gate is not None and not loss <= gate:
