@@ -10,6 +10,9 @@ What it measures, in one run:
                (FLOPs of forward + backward counted analytically from the layer shapes by torch's
                FlopCounterMode) and the fraction of the matmul peak;
   seeds        three evaluation seeds trained one after another vs as one vmapped model;
+  targets      what issue 8's speed targets (MTT 2x, experts 1.5x the reference) need: their
+               FLOPs counted on the real operations and the fraction of the measured peak that
+               the target time implies;
   pipeline     from a finished run of the workflow in --run-dir (Snakemake `benchmark:` TSVs,
                metrics JSONs and the config): every method's distillation wall time, seconds per
                iteration and peak RSS, expert / observer / teacher training images/s, evaluation
@@ -101,6 +104,79 @@ def seed_batching(width: int, n: int, seeds: int, epochs: int) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------- what targets need
+
+#: issue 8's speed targets, as (name, reference figure, speed-up asked): MTT per iteration 21-30 s
+#: (2x), DC 200-260 s and DM 2.5-3.5 s per iteration (1.5x), expert training ~310 images/s on a
+#: CIFAR-10-LT-sized set (1.5x)
+TARGETS = {"mtt": (21.0, 30.0, 2.0), "expert": (310.0, 310.0, 1.5)}
+
+
+def _count(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def target_requirements(peak_gflops: float, toy: bool) -> list[dict]:
+    """The fraction of this run's matmul peak that each speed target needs, from FLOPs counted by
+    torch's FlopCounterMode on the real operations (convolutions and matmuls; elementwise work is
+    not counted, so these are lower bounds). A target that needs more than ~70% of peak is out of
+    reach for ConvNet-3's mix of convolutions, norms and pools on this CPU.
+
+    mtt     one exact unroll step of the reference MTT setting (Fashion-MNIST 1x28x28, ConvNet-3
+            width 128, 100 synthetic images, DSA) with its share of the outer backward, times
+            syn_steps 20; the target is half the reference's 21-30 s.
+    expert  one SGD training step of ConvNet-3 width 128 on 3x32x32 (the CIFAR-10-LT expert
+            setting) per image; the target is 1.5x the reference's ~310 images/s."""
+    from ltdistill.methods.trajectory_core import (
+        FlatNet,
+        MatchSpec,
+        Synthetic,
+        Unroll,
+        exact_match,
+        hard_ce,
+    )
+    from ltdistill.models import ModelSpec, build_model
+
+    width, images, steps = (8, 10, 2) if toy else (128, 100, 20)
+    spec = ModelSpec("convnet3", 1, 10, 28, width=width)
+    net = FlatNet(spec, "cpu")
+    g = torch.Generator().manual_seed(0)
+    theta0 = torch.cat([p.detach().reshape(-1) for p in build_model(spec, 0).parameters()])
+    target = theta0 + 1e-3 * torch.randn(theta0.shape, generator=g)
+    x = torch.randn(images, 1, 28, 28, generator=g).requires_grad_(True)
+    syn = Synthetic(x, torch.arange(images) % 10, torch.tensor(0.01, requires_grad=True))
+    one = Unroll([torch.arange(images)], (0,), None)
+
+    def mtt_step() -> None:
+        loss = exact_match(net, syn, theta0, target, one, MatchSpec(hard_ce))
+        torch.autograd.backward(loss, inputs=syn.leaves())
+
+    mtt_gflop = _count(mtt_step) * steps / 1e9
+    cifar = build_model(ModelSpec("convnet3", 3, 10, 32, width=width), seed=0)
+    batch = 4 if toy else 32
+    xb, yb = torch.randn(batch, 3, 32, 32, generator=g), torch.arange(batch) % 10
+    per_image = _count(lambda: torch.nn.functional.cross_entropy(cifar(xb), yb).backward()) / batch
+    rows = []
+    lo, hi, speedup = TARGETS["mtt"]
+    need = [mtt_gflop / (t / speedup) for t in (hi, lo)]  # GFLOP/s for the slow / fast reference
+    rows.append({"target": f"MTT exact unroll, {speedup:g}x the reference's {lo:g}-{hi:g} s per "
+                           f"iteration", "gflop": mtt_gflop,
+                 "seconds_at_peak": mtt_gflop / peak_gflops,
+                 "target_seconds": [lo / speedup, hi / speedup],
+                 "needed_fraction_of_peak": [n / peak_gflops for n in need]})
+    rate, _, speedup = TARGETS["expert"]
+    need_rate = rate * speedup
+    rows.append({"target": f"expert training, {speedup:g}x the reference's ~{rate:g} images/s",
+                 "gflop": per_image / 1e9, "images_per_s_at_peak": peak_gflops * 1e9 / per_image,
+                 "target_images_per_s": need_rate,
+                 "needed_fraction_of_peak": [need_rate * per_image / 1e9 / peak_gflops] * 2})
+    return rows
+
+
 # --------------------------------------------------------------------------- pipeline figures
 
 def _tsv(path: Path) -> dict:
@@ -178,6 +254,20 @@ def markdown(report: dict) -> str:
                   "| width | images | seeds | mode | images/s |", "|---:|---:|---:|---|---:|"]
         lines += [f"| {r['width']} | {r['images']} | {r['seeds']} | {r['mode']} | "
                   f"{r['images_per_s']:.0f} |" for r in report["seed_batching"]]
+    if report.get("targets"):
+        lines += ["", "## What the speed targets need (FLOPs counted, this run's peak)", "",
+                  "| target | work | at 100% of peak | target | needs of peak |",
+                  "|---|---:|---:|---:|---:|"]
+        for t in report["targets"]:
+            frac = t["needed_fraction_of_peak"]
+            need = f"{frac[0]:.0%}" if frac[0] == frac[1] else f"{frac[0]:.0%}-{frac[1]:.0%}"
+            if "target_seconds" in t:
+                lines.append(f"| {t['target']} | {t['gflop']:.0f} GFLOP | {t['seconds_at_peak']:.1f} s "
+                             f"| {t['target_seconds'][0]:.1f}-{t['target_seconds'][1]:.1f} s | {need} |")
+            else:
+                lines.append(f"| {t['target']} | {t['gflop']:.3f} GFLOP/image "
+                             f"| {t['images_per_s_at_peak']:.0f} images/s "
+                             f"| {t['target_images_per_s']:.0f} images/s | {need} |")
     p = report.get("pipeline") or {}
     if p.get("jobs"):
         lines += ["", f"## Pipeline ({p['jobs']} jobs in `{report['run_dir']}`)", "",
@@ -232,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
                                        1 if args.toy else 10),
         "pipeline": pipeline_figures(run_dir, config),
     }
+    report["targets"] = target_requirements(report["machine"]["matmul_gflops"], args.toy)
     report["machine"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

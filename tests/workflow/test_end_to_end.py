@@ -131,6 +131,16 @@ def test_benchmark_harness_reads_the_run(ran: Path, tmp_path: Path):
     assert any("mtt" in e["job"] for e in p["experts"]) and p["grid_wall_s"] > 0
     assert any(k.startswith("random (protocol_a") for k in p["evaluation_images_per_s"])
     assert (tmp_path / "h.md").read_text().startswith("# ltdistill benchmark harness")
+    # the targets' FLOPs: a toy (width 8) training step on 3x32x32, counted by hand: forward of
+    # the three convolutions and the classifier, backward twice that except the first
+    # convolution's input gradient (the input needs none)
+    w = 8
+    conv1, conv2, conv3, lin = 2 * 32 * 32 * w * 27, 2 * 16 * 16 * w * w * 9, 2 * 8 * 8 * w * w * 9, 2 * w * 16 * 10
+    expert = next(t for t in report["targets"] if t["target"].startswith("expert"))
+    assert expert["gflop"] == pytest.approx((3 * (conv1 + conv2 + conv3 + lin) - conv1) / 1e9)
+    mtt = next(t for t in report["targets"] if t["target"].startswith("MTT"))
+    peak = report["machine"]["matmul_gflops"]
+    assert mtt["needed_fraction_of_peak"][1] == pytest.approx(mtt["gflop"] / 10.5 / peak)
 
 
 def test_interrupted_job_reruns_alone(ran: Path):
