@@ -5,9 +5,10 @@ glibc serves every allocation above its mmap threshold (at most 32 MB, usually f
 fresh `mmap` and gives it back with `munmap` on free. A ConvNet step allocates and frees dozens of
 activation-sized tensors (a 100 x 128 x 32 x 32 float tensor is 52 MB), so every one of them is
 page-faulted and zero-filled by the kernel again: measured on 2 cores, an elementwise multiply of
-two such tensors took 17.4 ms with the default and 6.4 ms with large blocks kept in the heap; a
-ConvNet-3 width-32 training step gained 1.4x and the exact MTT unroll of width 128 1.5x
-(benchmarks/harness.py, docs/performance.md).
+two such tensors took 14-19 ms with the default and 5-6 ms with large blocks kept in the heap, and
+the whole-graph exact MTT unroll of width 128 went from 54 to 33 s (docs/performance.md). Small
+tensors gain nothing: width-32 evaluation in slices of 32 allocates a few MB at a time, which
+glibc's dynamic threshold already keeps (an A/B of one evaluation job: 73-77 vs 77-79 s).
 
 `tune_allocator("auto")` therefore disables mmap for malloc (M_MMAP_MAX = 0, every block comes from
 the heap and is reused) and raises the trim threshold to 2 GiB (freed memory at the top of the heap
