@@ -199,8 +199,9 @@ def main() -> None:
     results = []
     for setting in args.settings:
         for method in args.methods:
-            cmd = [sys.executable, __file__, "--worker", setting, method,
-                   "--threads", str(args.threads), "--allocator", args.allocator] + (["--full-paper"] if args.full_paper else [])
+            cmd = [sys.executable, __file__, "--worker", setting, method, "--threads",
+                   str(args.threads), "--allocator", args.allocator]
+            cmd += ["--full-paper"] if args.full_paper else []
             start = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
@@ -213,8 +214,8 @@ def main() -> None:
             how = "measured" if "s_per_iteration_measured" in rec or method == "dm" else "estimated"
             print(f"{setting:6s} {method:4s} {rec['s_per_iteration']:9.3f} s/iteration ({how})  "
                   f"peak RSS {rec['peak_rss_mb']:8.1f} MB", flush=True)
-    payload = {"torch": torch.__version__, "threads": args.threads, "allocator": args.allocator, "machine": platform.machine(),
-               "cpu_count": os.cpu_count(),
+    payload = {"torch": torch.__version__, "threads": args.threads, "allocator": args.allocator,
+               "machine": platform.machine(), "cpu_count": os.cpu_count(),
                "note": "shared machine: compare load_average_after; timings inflate with load",
                "processor": platform.processor(), "results": results}
     out = Path(args.out)

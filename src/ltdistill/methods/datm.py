@@ -17,6 +17,7 @@ from .trajectory_core import (
     MatchSpec,
     StartSchedule,
     Unroll,
+    check_exact_segment,
     correct_init,
     dsa_params,
     finish,
@@ -96,18 +97,13 @@ class DATMConfig:
     pix_init: str | None = None
     ipc_policy: str = "duplicate"
     tesla: bool = True
-    # exact gradient only: keep the graph of at most this many unroll steps at once and
-    # recompute the rest (same gradient, memory / (N / segment), ~+1/3 step per recomputed step);
-    # 0 = the whole unroll
-    exact_segment: int = 0
+    exact_segment: int = 0  # exact gradient only: trajectory_core.segmented_match
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
 
     def __post_init__(self) -> None:
         coerce_float_fields(self)
-        if self.exact_segment < 0:
-            raise ValueError("exact_segment must be >= 0 (0 = the whole unroll), got "
-                             f"{self.exact_segment}")
+        check_exact_segment(self.exact_segment)
         if self.pix_init not in (None, "correct", "real"):
             raise ValueError(f"pix_init must be correct or real, got '{self.pix_init}'")
         if self.ipc_policy not in ("duplicate", "noise"):

@@ -18,6 +18,7 @@ from .trajectory_core import (
     MatchSpec,
     StartSchedule,
     Unroll,
+    check_exact_segment,
     dsa_params,
     finish,
     hard_ce,
@@ -70,18 +71,13 @@ class MTTConfig:
     pix_init: str = "real"
     ipc_policy: str = "duplicate"
     tesla: bool = False
-    # exact gradient only: keep the graph of at most this many unroll steps at once and
-    # recompute the rest (same gradient, memory / (N / segment), ~+1/3 step per recomputed step);
-    # 0 = the whole unroll
-    exact_segment: int = 0
+    exact_segment: int = 0  # exact gradient only: trajectory_core.segmented_match
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
 
     def __post_init__(self) -> None:
         coerce_float_fields(self)
-        if self.exact_segment < 0:
-            raise ValueError("exact_segment must be >= 0 (0 = the whole unroll), got "
-                             f"{self.exact_segment}")
+        check_exact_segment(self.exact_segment)
         if self.pix_init not in ("real", "noise"):
             raise ValueError(f"pix_init must be real or noise, got '{self.pix_init}'")
         if self.ipc_policy not in ("duplicate", "noise"):
@@ -114,8 +110,7 @@ def mtt(ctx: DistillContext, cfg: MTTConfig) -> ImageSet:
         unroll = Unroll(unroll_batches(len(labels), cfg.batch_syn, cfg.syn_steps, g_run),
                         ("mtt", ctx.seed, it), aug)
         return match_step(net, syn, expert.snapshot(t, dev), expert.snapshot(t + cfg.expert_epochs, dev),
-                          unroll, spec, cfg.tesla,
-                          exact_segment=cfg.exact_segment)
+                          unroll, spec, cfg.tesla, exact_segment=cfg.exact_segment)
 
     stats = optimise(syn, opts, cfg.iterations, step, f"mtt ipc {ctx.ipc}",
                      ckpt=ctx.checkpointer("mtt", cfg).track(run_rng=g_run))

@@ -219,6 +219,13 @@ def exact_match(net: FlatNet, syn: Synthetic, theta0: torch.Tensor, target: torc
     return (theta[sl] - target[sl]).pow(2).sum() / _distance(theta0, target, sl)
 
 
+def check_exact_segment(value: int) -> None:
+    """Config check shared by mtt, datm and damed: `exact_segment` is 0 (the whole unroll) or the
+    number of unroll steps whose graph is alive at once (`segmented_match`)."""
+    if value < 0:
+        raise ValueError(f"exact_segment must be >= 0 (0 = the whole unroll), got {value}")
+
+
 def segmented_match(net: FlatNet, syn: Synthetic, theta0: torch.Tensor, target: torch.Tensor,
                     unroll: Unroll, spec: MatchSpec, segment: int, weight: float = 1.0,
                     gate: float | None = None) -> tuple[float, bool]:
