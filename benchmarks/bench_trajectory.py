@@ -20,8 +20,11 @@ whole iterations instead.
 
   reference  Fashion-MNIST 1x28x28, ConvNet-3 width 128, IPC 10, syn_steps 20 for all three, the
          whole synthetic set per step: where the reference MTT code was timed (issue 8)
+  ipc50  CIFAR-10-sized 3x32x32, IPC 50 (500 images, all of them per step), ConvNet-3 width 128,
+         TESLA mode: MTT N 30, DATM N 80, DAMED N 80 + 80 (issue 8: peak memory within 24 GiB);
+         estimated from probe steps like paper (TESLA's memory does not grow with N)
 
-Usage: python benchmarks/bench_trajectory.py [--settings cpu paper reference] [--threads 1] [--full-paper]
+Usage: python benchmarks/bench_trajectory.py [--settings cpu paper reference ipc50] [--threads 1] [--full-paper]
            [--allocator auto|system]
            [--out benchmarks/results/trajectory.json]
 """
@@ -52,6 +55,11 @@ SETTINGS = {
     "reference": dict(channels=1, size=28, width=128, ipc=10, batch_syn=0,
                       steps={"mtt": 20, "mtt_segmented": 20, "datm": 20, "damed": (20, 20)},
                       exact_segment=5),
+    # issue 8's memory target: MTT-family distillation of a CIFAR-10-sized IPC-50 set (500 images
+    # of 3x32x32, the whole set per step as DATM's and DAMED's CIFAR-10(-LT) IPC-50 configs, batch_syn
+    # 500) in TESLA mode within 24 GiB on CPU. N: MTT's CIFAR-10 IPC-50 preset 30, DATM 80, DAMED 80 + 80
+    "ipc50": dict(channels=3, size=32, width=128, ipc=50, batch_syn=0,
+                  steps={"mtt_tesla": 30, "datm": 80, "damed": (80, 80)}),
 }
 MEMORY_STEPS = (10, 20, 40)
 
@@ -196,6 +204,8 @@ def run_child(job: dict) -> dict:
 def method_phases(method: str, steps, segment: int = 0) -> list[tuple]:
     if method == "mtt":
         return [("hard", steps, False)]
+    if method == "mtt_tesla":
+        return [("hard", steps, True)]
     if method == "mtt_segmented":
         return [("hard", steps, False, segment)]
     if method == "datm":
