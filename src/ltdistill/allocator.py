@@ -60,6 +60,11 @@ def tune_allocator(policy: str = "auto") -> bool:
     return _applied
 
 
+def is_tuned() -> bool:
+    """Whether `tune_allocator` changed malloc in this process (recorded in provenance)."""
+    return _applied
+
+
 def release_free_memory() -> None:
     """Give the free pages of a tuned heap back to the kernel (malloc_trim), for a caller that has
     just freed a large working set and will build a different one (a segment of an unrolled

@@ -52,6 +52,19 @@ def device_description(device: torch.device | str) -> str:
     return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
 
 
+def runtime_description() -> dict:
+    """The process-wide runtime policies that change floating-point results (summation order) or
+    memory, so two outputs can be compared knowing how they were computed: the training slice
+    policy (microbatch.py), whether malloc keeps freed memory (allocator.py), deterministic
+    algorithms, and torch's thread count."""
+    from . import allocator, microbatch
+
+    return {"micro_batch": microbatch.get_micro_batch(),
+            "allocator_tuned": allocator.is_tuned(),
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "threads": torch.get_num_threads()}
+
+
 def provenance(device: torch.device | str = "cpu", wall_time_s: float | None = None,
                config: dict | None = None) -> dict:
     """The provenance block stored in every output."""
@@ -59,6 +72,7 @@ def provenance(device: torch.device | str = "cpu", wall_time_s: float | None = N
         "git_commit": git_commit(),
         "versions": library_versions(),
         "device": device_description(device),
+        "runtime": runtime_description(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -5,6 +5,7 @@ Run: pytest tests/workflow/test_end_to_end.py -q  (about a minute on 2 cores)"""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -67,6 +68,9 @@ def test_outputs_exist_and_are_consistent(ran: Path):
     record = json.loads(next((ran / "results/evaluation").rglob("seed0.json")).read_text())
     prov = record["provenance"]
     assert {"git_commit", "versions", "device", "wall_time_s"} <= set(prov)
+    # tiny.yaml's runtime: micro_batch and allocator default to auto, one thread, not deterministic
+    assert prov["runtime"] == {"micro_batch": "auto", "allocator_tuned": sys.platform == "linux",
+                               "deterministic": False, "threads": 1}
     assert record["lt_test"] is not None  # tiny config enables the LT test split
 
 
