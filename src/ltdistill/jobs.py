@@ -1,15 +1,17 @@
 """Prelude shared by every workflow script: log to the rule's log file and set torch threads.
-Receives the snakemake job object as a plain argument (the package never imports snakemake)."""
+Receives the snakemake job object as a plain argument (the package never imports snakemake).
+
+torch is imported only by jobs that train or load tensors: importing it costs ~2 s of a job's
+start-up here, and the report jobs that only read CSV/JSON (aggregate, tables, figures) run one
+after another at the end of every DAG, so `start(job, torch=False)` keeps them torch-free."""
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
-import torch
-
 from .allocator import tune_allocator
-from .microbatch import set_micro_batch
 from .progress import setup_logging
 
 
@@ -18,7 +20,7 @@ def set_deterministic(enabled: bool) -> None:
     deterministic already; on GPU this costs speed (the slower deterministic kernels)."""
     if not enabled:
         return
-    import os
+    import torch
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
@@ -33,12 +35,23 @@ def checkpoint_every_s(job: Any) -> float:
     return float(runtime.get("checkpoint_every_s", 600))
 
 
-def start(job: Any) -> logging.Logger:
+def start(job: Any, torch: bool = True) -> logging.Logger:
+    """Set up logging, threads and the runtime policies for a job. torch=False for jobs that
+    never touch tensors: torch is not imported, and OMP_NUM_THREADS still holds the job's
+    threads should anything import it later."""
     setup_logging(job.log[0] if job.log else None)
-    torch.set_num_threads(max(1, int(job.threads)))
+    threads = max(1, int(job.threads))
     runtime = (getattr(job, "config", None) or {}).get("runtime", {})
-    set_deterministic(bool(runtime.get("deterministic", False)))
-    set_micro_batch(runtime.get("micro_batch", "auto"))
+    if torch:
+        import torch as _torch
+
+        from .microbatch import set_micro_batch
+
+        _torch.set_num_threads(threads)
+        set_deterministic(bool(runtime.get("deterministic", False)))
+        set_micro_batch(runtime.get("micro_batch", "auto"))
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     tune_allocator(runtime.get("allocator", "auto"))
     logger = logging.getLogger(f"ltdistill.job.{job.rule}")
     logger.info("rule %s wildcards %s threads %d", job.rule, dict(job.wildcards), job.threads)

@@ -1,8 +1,10 @@
-"""Draw one image set as a grid (one row per class) in pixel space."""
+"""Draw every image set as a grid (one row per class) in pixel space, in one job."""
 
 from ltdistill.jobs import start
 from ltdistill.reporting.run import image_grid
 
 sm = snakemake  # noqa: F821
-start(sm)
-image_grid(sm.input.image_set, sm.input.prep, sm.input.cache, sm.output[0], sm.params.max_per_class)
+log = start(sm)
+for i, s in enumerate(sm.params.sets, 1):
+    image_grid(s["image_set"], s["prep"], s["cache"], s["out"], sm.params.max_per_class)
+    log.info("image grid %d/%d: %s", i, len(sm.params.sets), s["out"])
