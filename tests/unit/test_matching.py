@@ -313,7 +313,10 @@ def test_vmap_synthetic_gradients_equal_the_per_class_loop(toy_data, metric, nor
         (g,) = torch.autograd.grad(loss, syn)
         out[mode] = (loss.detach(), g)
     torch.testing.assert_close(out["vmap"][0], out["loop"][0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out["vmap"][1], out["loop"][1], rtol=1e-4, atol=1e-6)
+    # float32 summation order: differences scale with the gradient's magnitude (max |g| is 3.3
+    # for mse-instance, where an absolute 1e-6 failed on one machine's kernels at a 3e-6 diff)
+    scale = float(out["loop"][1].abs().max())
+    torch.testing.assert_close(out["vmap"][1], out["loop"][1], rtol=1e-4, atol=2e-6 * scale)
 
 
 def test_vmap_and_loop_runs_give_the_same_images(toy_data):
