@@ -1,10 +1,7 @@
 # Aggregation, tables and figures. Cheap rules only: they read metrics JSONs, image sets and
 # features, never train. Their params carry a hash of the reporting code they import, so editing
 # plotting code reruns these rules and nothing upstream.
-import re
-from types import SimpleNamespace
-
-from ltdistill.workflow_support import dataset_if_pairs, grid_points, image_set_targets
+from ltdistill.workflow_support import dataset_if_pairs, grid_points, image_sets
 
 REPORT_CODE = code_digest(
     "src/ltdistill/reporting/aggregate.py",
@@ -23,8 +20,7 @@ def report_targets():
     targets += sorted({f"results/figures/classwise/{p.dataset}_if{p.imbalance_factor}_ipc{p.ipc}.png"
                        for p in grid_points(config)})
     targets += [f"results/figures/tsne/{d}_if{i}.png" for d, i in dataset_if_pairs(config)]
-    targets += [str(Path(t).parent).replace("results/distilled", "results/figures/images", 1) + ".png"
-                for t in image_set_targets(config)]
+    targets += [key.figure for key in image_sets(config)]
     return targets
 
 
@@ -93,43 +89,31 @@ rule figures:
         "../workflow/scripts/figures.py"
 
 
-def _image_grid_sets():
-    """(image set, its preprocessing, dataset cache, PNG, report labels) for every image set."""
-    pattern = re.compile(r"results/distilled/(?P<dataset>[^/]+)/if(?P<imb>\d+)/ipc(?P<ipc>\d+)/"
-                         r"(?P<method>[^/]+)/s(?P<dseed>\d+)/image_set\.pt")
-    sets = []
-    for target in image_set_targets(config):
-        w = SimpleNamespace(**pattern.fullmatch(target).groupdict())
-        png = f"results/figures/images/{w.dataset}/if{w.imb}/ipc{w.ipc}/{w.method}/s{w.dseed}.png"
-        sets.append((target, prep_path(w), cache_path(w), png, w))
-    return sets
+IMAGE_SETS = image_sets(config)
 
 
-IMAGE_GRID_SETS = _image_grid_sets()
-
-
-# One job draws every image set: each drawing takes well under a second, a job of its own cost ~4 s
-# of start-up (Python, torch) each, 13 jobs in the default grid. Its outputs are all written or, when it fails,
-# all removed by Snakemake.
+# One job draws every image set: each drawing takes well under a second, while a job of its own
+# costs ~4 s of start-up (Python, torch), 13 jobs in the default grid. Its outputs are all written
+# or, when it fails, all removed by Snakemake.
 rule image_grids:
     input:
-        image_sets=[s[0] for s in IMAGE_GRID_SETS],
-        preps=sorted({s[1] for s in IMAGE_GRID_SETS}),
-        caches=sorted({s[2] for s in IMAGE_GRID_SETS}),
+        image_sets=[key.path for key in IMAGE_SETS],
+        preps=sorted({prep_path(key) for key in IMAGE_SETS}),
+        caches=sorted({cache_path(key) for key in IMAGE_SETS}),
     output:
         [
             report(
-                png,
+                key.figure,
                 caption="../workflow/report/image_grid.rst",
                 category="Image sets",
-                subcategory=f"{w.dataset} IF {w.imb} IPC {w.ipc}",
-                labels={"method": w.method, "seed": w.dseed},
+                subcategory=f"{key.dataset} IF {key.imb} IPC {key.ipc}",
+                labels={"method": key.method, "seed": str(key.dseed)},
             )
-            for _, _, _, png, w in IMAGE_GRID_SETS
+            for key in IMAGE_SETS
         ],
     params:
-        sets=[{"image_set": s, "prep": p, "cache": c, "out": png}
-              for s, p, c, png, _ in IMAGE_GRID_SETS],
+        sets=[{"image_set": key.path, "prep": prep_path(key), "cache": cache_path(key),
+               "out": key.figure} for key in IMAGE_SETS],
         max_per_class=config["report"].get("image_grid", {}).get("max_per_class", 10),
         code=FIGURE_CODE,
     log:

@@ -3,7 +3,7 @@ Receives the snakemake job object as a plain argument (the package never imports
 
 torch is imported only by jobs that train or load tensors: importing it costs ~2 s of a job's
 start-up here, and the report jobs that only read CSV/JSON (aggregate, tables, figures) run one
-after another at the end of every DAG, so `start(job, torch=False)` keeps them torch-free."""
+after another at the end of every DAG, so `start(job, uses_torch=False)` keeps them torch-free."""
 
 from __future__ import annotations
 
@@ -35,19 +35,19 @@ def checkpoint_every_s(job: Any) -> float:
     return float(runtime.get("checkpoint_every_s", 600))
 
 
-def start(job: Any, torch: bool = True) -> logging.Logger:
-    """Set up logging, threads and the runtime policies for a job. torch=False for jobs that
+def start(job: Any, uses_torch: bool = True) -> logging.Logger:
+    """Set up logging, threads and the runtime policies for a job. uses_torch=False for jobs that
     never touch tensors: torch is not imported, and OMP_NUM_THREADS still holds the job's
     threads should anything import it later."""
     setup_logging(job.log[0] if job.log else None)
     threads = max(1, int(job.threads))
     runtime = (getattr(job, "config", None) or {}).get("runtime", {})
-    if torch:
-        import torch as _torch
+    if uses_torch:
+        import torch
 
         from .microbatch import set_micro_batch
 
-        _torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
         set_deterministic(bool(runtime.get("deterministic", False)))
         set_micro_batch(runtime.get("micro_batch", "auto"))
     else:

@@ -211,14 +211,35 @@ def evaluation_targets(config: dict) -> list[str]:
     return sorted(targets)
 
 
-def image_set_targets(config: dict) -> list[str]:
-    out = set()
-    for point in grid_points(config):
-        for slug in config["methods"]:
-            for dseed in config["distill_seeds"]:
-                out.add(f"results/distilled/{point.dataset}/if{point.imbalance_factor}/"
-                        f"ipc{stored_ipc(config, slug, point.ipc)}/{slug}/s{dseed}/image_set.pt")
-    return sorted(out)
+@dataclass(frozen=True, order=True)
+class ImageSetKey:
+    """One distilled image set; its fields are the wildcard names of the rules that use it."""
+
+    dataset: str
+    imb: int
+    ipc: int
+    method: str
+    dseed: int
+
+    @property
+    def stem(self) -> str:
+        return f"{self.dataset}/if{self.imb}/ipc{self.ipc}/{self.method}/s{self.dseed}"
+
+    @property
+    def path(self) -> str:
+        return f"results/distilled/{self.stem}/image_set.pt"
+
+    @property
+    def figure(self) -> str:
+        return f"results/figures/images/{self.stem}.png"
+
+
+def image_sets(config: dict) -> list[ImageSetKey]:
+    """Every image set the grid distills, sorted (stored IPC: see stored_ipc)."""
+    return sorted({ImageSetKey(point.dataset, point.imbalance_factor,
+                               stored_ipc(config, slug, point.ipc), slug, int(dseed))
+                   for point in grid_points(config) for slug in config["methods"]
+                   for dseed in config["distill_seeds"]})
 
 
 def dataset_if_pairs(config: dict) -> list[tuple[str, int]]:

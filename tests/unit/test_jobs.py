@@ -8,7 +8,7 @@ import textwrap
 
 
 def test_report_jobs_start_and_run_without_torch(tmp_path):
-    """start(job, torch=False) sets up logging and OMP_NUM_THREADS and imports no torch, and the
+    """start(job, uses_torch=False) sets up logging and OMP_NUM_THREADS and imports no torch, and the
     report functions those jobs call (aggregate, tables, figures) do not import it either."""
     code = textwrap.dedent(f"""
         import os, sys
@@ -16,7 +16,7 @@ def test_report_jobs_start_and_run_without_torch(tmp_path):
         from ltdistill.jobs import start
         job = SimpleNamespace(log=[{str(tmp_path / "job.log")!r}], threads=3, rule="aggregate",
                               wildcards={{}}, config={{"runtime": {{"allocator": "system"}}}})
-        start(job, torch=False)
+        start(job, uses_torch=False)
         import ltdistill.reporting.run, ltdistill.reporting.tables, ltdistill.reporting.figures
         print("torch" in sys.modules, os.environ["OMP_NUM_THREADS"])
     """)

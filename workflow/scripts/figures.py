@@ -4,6 +4,6 @@ from ltdistill.jobs import start
 from ltdistill.reporting.run import make_figures
 
 sm = snakemake  # noqa: F821
-start(sm, torch=False)  # reads CSV/JSON only: no torch import (~2 s)
+start(sm, uses_torch=False)  # reads CSV/JSON only: no torch import (~2 s)
 make_figures(sm.input.tidy, sm.output.ifplot, sm.output.cost, list(sm.output.classwise),
              sm.params.method_order, benchmarks_dir="benchmarks")
