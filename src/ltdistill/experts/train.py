@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import Checkpointer
 from ..checkpoint import disabled as disabled_checkpointer
-from ..config import ConfigError, from_dict
+from ..config import ConfigError, from_dict, type_hints
 from ..data.augment import DSAParams, dsa
 from ..data.prepared import PreparedData
 from ..microbatch import inference_batch_size, micro_batch_size, sliced_backward
@@ -34,7 +34,7 @@ def coerce_float_fields(obj: Any) -> None:
     import typing
     from dataclasses import fields
 
-    hints = typing.get_type_hints(type(obj))
+    hints = type_hints(type(obj))
     for f in fields(obj):
         value = getattr(obj, f.name)
         if float in typing.get_args(hints[f.name]) + (hints[f.name],) and isinstance(value, str):
