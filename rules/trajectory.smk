@@ -1,6 +1,8 @@
-# Expert trajectories for the trajectory-matching family (mtt, datm, damed): one job per expert,
-# results/experts/{dataset}/if{imb}/{expert_kind}/expert_{i}.pt. Only experts that a configured
-# method `needs` are ever requested (through ARTIFACTS, by the generic distill rule).
+# Expert trajectories for the trajectory-matching family (mtt, datm, damed): one job per
+# runtime.experts_per_job consecutive experts (default 1), writing the directory
+# results/experts/{dataset}/if{imb}/{expert_kind}/{first}-{last}/ of expert_{i}.pt files. Only
+# experts that a configured method `needs` are ever requested (through ARTIFACTS, by the generic
+# distill rule).
 from ltdistill.experts.pipeline import (
     KINDS as EXPERT_KINDS,
     check_experts_config,
@@ -23,14 +25,15 @@ rule train_expert:
             lambda w: {
                 "cache": cache_path(w),
                 "split": split_path(w),
-                **expert_job_inputs(config, w.dataset, w.imb, w.expert_kind, w.i),
+                **expert_job_inputs(config, w.dataset, w.imb, w.expert_kind, w.first, w.last),
             }
         ),
     output:
-        "results/experts/{dataset}/if{imb}/{expert_kind}/expert_{i}.pt",
+        directory("results/experts/{dataset}/if{imb}/{expert_kind}/{first}-{last}"),
     wildcard_constraints:
         expert_kind="|".join(EXPERT_KINDS),
-        i="[0-9]+",
+        first="[0-9]+",
+        last="[0-9]+",
     params:
         settings=lambda w: job_settings(config, w.expert_kind),
         network=config["network"],
@@ -39,9 +42,9 @@ rule train_expert:
         device=DEVICE,
     threads: THREADS
     log:
-        "logs/experts/{dataset}/if{imb}/{expert_kind}/expert_{i}.log",
+        "logs/experts/{dataset}/if{imb}/{expert_kind}/{first}-{last}.log",
     benchmark:
-        "benchmarks/experts/{dataset}/if{imb}/{expert_kind}/expert_{i}.tsv"
+        "benchmarks/experts/{dataset}/if{imb}/{expert_kind}/{first}-{last}.tsv"
     conda:
         ENV
     script:

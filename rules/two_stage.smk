@@ -10,6 +10,7 @@ from ltdistill.two_stage.targets import (
     one_stage_targets,
     settings as two_stage_settings,
     stability_view,
+    two_stage_seeds,
     two_stage_targets,
 )
 
@@ -185,11 +186,25 @@ rule two_stage_group_classifier:
         "../workflow/scripts/two_stage_group_classifier.py"
 
 
+# One job per seed, or (runtime.batch_eval_seeds, as rules/evaluate.smk) one job per variant that
+# trains every evaluation seed and writes the same per-seed JSONs.
+TS_EVAL_DIR = "{dataset}/if{imb}/ipc{ipc}/{method}/s{dseed}/{model}/two_stage_{variant}"
+_ts_cfg = two_stage_settings(config)
+TS_EVAL_SEEDS = (two_stage_seeds(config, _ts_cfg) if _ts_cfg is not None
+                 else [int(s) for s in config["evaluation"]["seeds"]])
+if config["runtime"].get("batch_eval_seeds", False):
+    _ts_eval_out = [f"results/evaluation/{TS_EVAL_DIR}/seed{s}.json" for s in TS_EVAL_SEEDS]
+    _ts_eval_tag = "seeds"
+else:
+    _ts_eval_out = [f"results/evaluation/{TS_EVAL_DIR}/seed{{eseed}}.json"]
+    _ts_eval_tag = "seed{eseed}"
+
+
 rule two_stage_evaluate:
     input:
         unpack(ts_eval_inputs),
     output:
-        "results/evaluation/{dataset}/if{imb}/ipc{ipc}/{method}/s{dseed}/{model}/two_stage_{variant}/seed{eseed}.json",
+        _ts_eval_out,
     wildcard_constraints:
         variant="|".join(VARIANTS),
     params:
@@ -197,11 +212,12 @@ rule two_stage_evaluate:
         network=config["network"],
         dsa_strategy=lambda w: config["datasets"][w.dataset]["dsa_strategy"],
         device=DEVICE,
+        seeds=TS_EVAL_SEEDS,
     threads: THREADS
     log:
-        "logs/evaluation/{dataset}/if{imb}/ipc{ipc}/{method}/s{dseed}/{model}/two_stage_{variant}/seed{eseed}.log",
+        f"logs/evaluation/{TS_EVAL_DIR}/{_ts_eval_tag}.log",
     benchmark:
-        "benchmarks/evaluate/{dataset}/if{imb}/ipc{ipc}/{method}/s{dseed}/{model}/two_stage_{variant}/seed{eseed}.tsv"
+        f"benchmarks/evaluate/{TS_EVAL_DIR}/{_ts_eval_tag}.tsv"
     conda:
         ENV
     script:

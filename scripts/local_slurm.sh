@@ -3,14 +3,25 @@
 # munge + slurmctld + slurmd on localhost, partitions `debug` and `gpu`, fake GPUs as GRES.
 # Needs root and Debian's slurm-wlm and munge packages (`apt-get install slurm-wlm munge`).
 #   scripts/local_slurm.sh start   |   scripts/local_slurm.sh stop
+# `stop` also removes the slurm.conf and gres.conf that `start` wrote: with a slurm.conf left
+# behind and no slurmctld, every `scontrol` call waits ~9 s for the controller, and Snakemake's
+# SLURM executor plugin runs `scontrol show config` when it is imported, i.e. on every
+# `snakemake` command, dry runs included (9 of a 12-s dry run of the default config, measured).
 set -euo pipefail
 action=${1:-start}
 HOST=$(hostname -s)
 STATE=${LOCAL_SLURM_STATE:-/var/spool/ltdistill-slurm}
 
+MARK="# written by ltdistill scripts/local_slurm.sh"
+# ours: carries the marker, or is an older version's (cluster ltdistill-local, fake GPUs)
+ours() { grep -qE "^($MARK|ClusterName=ltdistill-local)\$|/fakegpu" "$1"; }
 stop() {
   for pid in /run/slurmd.pid /run/slurmctld.pid /run/munge/munged.pid; do
     [ -s "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
+  done
+  # only files this script wrote: a real cluster's config stays
+  for conf in /etc/slurm/slurm.conf /etc/slurm/gres.conf; do
+    if [ -f "$conf" ] && ours "$conf"; then rm -f "$conf"; fi
   done
 }
 if [ "$action" = stop ]; then stop; exit 0; fi
@@ -41,7 +52,15 @@ munge -n | unmunge >/dev/null
 
 install -d -o slurm -g slurm "$STATE/ctld" /var/log/slurm
 install -d "$STATE/d"
+for conf in /etc/slurm/slurm.conf /etc/slurm/gres.conf; do
+  if [ -f "$conf" ] && ! ours "$conf"; then
+    echo "local_slurm.sh: $conf exists and was not written by this script (a real cluster?);" \
+         "move it away to start the local test cluster" >&2
+    exit 2
+  fi
+done
 cat > /etc/slurm/slurm.conf <<CONF
+$MARK
 ClusterName=ltdistill-local
 SlurmctldHost=${HOST}(127.0.0.1)
 AuthType=auth/munge
@@ -72,6 +91,7 @@ PartitionName=debug Nodes=${HOST} Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=${HOST} MaxTime=INFINITE State=UP
 CONF
 cat > /etc/slurm/gres.conf <<CONF
+$MARK
 AutoDetect=off
 NodeName=${HOST} Name=gpu Type=fake File=$STATE/gpus/fakegpu[0-$((NGPU - 1))]
 CONF

@@ -5,6 +5,7 @@ tamper detection). Run: pytest tests/unit/test_experts.py -q"""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,7 +184,7 @@ def _config(zca: list[str], methods: list[str], experts: dict | None = None) -> 
 def test_expert_paths_and_preprocessing_follow_the_consuming_methods():
     from ltdistill.experts.pipeline import (
         check_experts_config,
-        expert_init_path,
+        expert_init_dir,
         expert_job_inputs,
         expert_paths,
         expert_prep_path,
@@ -192,23 +193,111 @@ def test_expert_paths_and_preprocessing_follow_the_consuming_methods():
     cfg = _config(["mtt", "damed"], ["random", "mtt", "datm", "damed"],
                   {"mtt": {"num_experts": 3}, "damed_cls": {"num_experts": 2}})
     assert expert_paths(cfg, "fmnist", 100, "mtt") == [
-        f"results/experts/fmnist/if100/mtt/expert_{i}.pt" for i in range(3)]
+        f"results/experts/fmnist/if100/mtt/{i}-{i}" for i in range(3)]
     assert len(expert_paths(cfg, "fmnist", 100, "datm")) == 100  # the published default
     assert expert_prep_path(cfg, "fmnist", 100, "mtt").endswith("/zca.pt")
     assert expert_prep_path(cfg, "fmnist", 100, "datm").endswith("/normalise.pt")
     # damed_rep experts are read by damed directly and through damed_cls
     assert expert_prep_path(cfg, "fmnist", 100, "damed_rep").endswith("/zca.pt")
-    assert expert_init_path(cfg, "fmnist", 100, "damed_cls", 1) == \
-        "results/experts/fmnist/if100/damed_rep/expert_1.pt"
-    assert expert_init_path(cfg, "fmnist", 100, "mtt", 1) is None
-    assert expert_job_inputs(cfg, "fmnist", 100, "damed_cls", 1) == {
+    assert expert_init_dir(cfg, "fmnist", 100, "damed_cls", 1, 1) == \
+        "results/experts/fmnist/if100/damed_rep/1-1"
+    assert expert_init_dir(cfg, "fmnist", 100, "mtt", 1, 1) is None
+    assert expert_job_inputs(cfg, "fmnist", 100, "damed_cls", 1, 1) == {
         "prep": "results/preprocess/fmnist/if100/zca.pt",
-        "init": "results/experts/fmnist/if100/damed_rep/expert_1.pt"}
+        "init": "results/experts/fmnist/if100/damed_rep/1-1"}
     check_experts_config(cfg)
     with pytest.raises(ConfigError, match="exceeds"):
         check_experts_config(_config([], ["damed"], {"damed_rep": {"num_experts": 1}}))
     with pytest.raises(ConfigError, match="did you mean 'epochs'"):
         check_experts_config(_config([], ["mtt"], {"mtt": {"epoch": 3}}))
+
+
+def test_experts_per_job_groups_consecutive_indices():
+    from ltdistill.experts.pipeline import expert_groups, expert_init_dir, expert_paths
+
+    assert expert_groups(7, 3) == [(0, 2), (3, 5), (6, 6)]
+    assert expert_groups(6, 3) == [(0, 2), (3, 5)]
+    assert expert_groups(2, 10) == [(0, 1)]
+    assert expert_groups(3, 1) == [(0, 0), (1, 1), (2, 2)]
+    cfg = _config([], ["mtt", "damed"], {"mtt": {"num_experts": 7}, "damed_rep": {"num_experts": 7},
+                                         "damed_cls": {"num_experts": 5}})
+    cfg["runtime"] = {"experts_per_job": 3}
+    assert expert_paths(cfg, "fm", 10, "mtt") == [
+        "results/experts/fm/if10/mtt/0-2", "results/experts/fm/if10/mtt/3-5",
+        "results/experts/fm/if10/mtt/6-6"]
+    # damed_cls 3-4 (its last, shorter group) starts from damed_rep 3-5, which holds 3 and 4
+    assert [g.rsplit("/", 1)[1] for g in expert_paths(cfg, "fm", 10, "damed_cls")] == ["0-2", "3-4"]
+    assert expert_init_dir(cfg, "fm", 10, "damed_cls", 3, 4) == "results/experts/fm/if10/damed_rep/3-5"
+    cfg["runtime"] = {"experts_per_job": 0}
+    with pytest.raises(ConfigError, match="experts_per_job"):
+        expert_paths(cfg, "fm", 10, "mtt")
+
+
+def _group_job(toy_data, tmp_path, monkeypatch, kind, first, last, out, init_dir=None, calls=None):
+    """Run train_expert_job on the toy data without files for the data (load_prepared patched)."""
+    from ltdistill.experts import pipeline
+
+    monkeypatch.setattr(pipeline, "load_prepared", lambda *a: toy_data)
+    monkeypatch.setattr("ltdistill.pipeline.network_spec", lambda network, data: _toy_spec(data))
+    if calls is not None:  # count the experts actually trained (the original build_expert)
+        monkeypatch.setattr(pipeline, "build_expert",
+                            lambda *a, **k: (calls.append(a[3]), build_expert(*a, **k))[1])
+    pipeline.train_expert_job("c", "s", "p", kind, first, last, {"epochs": 1, "batch_size": 16},
+                              {}, "color_crop_cutout_flip_scale_rotate", "cpu", out,
+                              init_dir=init_dir, checkpoint_every_s=None)
+
+
+def test_a_group_job_writes_the_experts_single_jobs_write(toy_data, tmp_path, monkeypatch):
+    """Experts 1..2 trained in one job are the experts trained one per job (seeds follow the
+    index, not the job), published as one directory with no staging left behind."""
+    group = tmp_path / "mtt" / "1-2"
+    _group_job(toy_data, tmp_path, monkeypatch, "mtt", 1, 2, group)
+    assert sorted(f.name for f in group.iterdir()) == ["expert_1.pt", "expert_2.pt"]
+    assert not Path(f"{group}.parts").exists()
+    for i in (1, 2):
+        single = tmp_path / "single" / f"{i}-{i}"
+        _group_job(toy_data, tmp_path, monkeypatch, "mtt", i, i, single)
+        a, b = load_expert(group / f"expert_{i}.pt"), load_expert(single / f"expert_{i}.pt")
+        assert torch.equal(a.snapshots, b.snapshots) and a.meta["index"] == i
+    e1, e2 = (load_expert(group / f"expert_{i}.pt") for i in (1, 2))
+    assert not torch.equal(e1.snapshots[0], e2.snapshots[0])  # different seeds, different inits
+    pool = ExpertPool([group])
+    assert len(pool) == 2 and [e.meta["index"] for e in pool.experts] == [1, 2]
+    (group / "expert_2.pt").unlink()
+    with pytest.raises(ExpertError, match="should hold expert_1.pt..expert_2.pt"):
+        ExpertPool([group])
+
+
+def test_a_rerun_keeps_finished_experts_with_the_same_settings(toy_data, tmp_path, monkeypatch):
+    """An interrupted group job's finished experts (staging) and another grouping's experts are
+    reused, not retrained; an expert trained with other settings is retrained."""
+    kind_dir = tmp_path / "mtt"
+    calls: list[int] = []
+    _group_job(toy_data, tmp_path, monkeypatch, "mtt", 0, 0, kind_dir / "0-0", calls=calls)
+    assert calls == [0]
+    # experts_per_job changed from 1 to 3: expert 0 comes from 0-0, experts 1 and 2 are trained
+    _group_job(toy_data, tmp_path, monkeypatch, "mtt", 0, 2, kind_dir / "0-2", calls=calls)
+    assert calls == [0, 1, 2]
+    assert torch.equal(load_expert(kind_dir / "0-0/expert_0.pt").snapshots,
+                       load_expert(kind_dir / "0-2/expert_0.pt").snapshots)
+    # a job killed after expert 3 left staging behind: the rerun trains only expert 4
+    parts = Path(f"{kind_dir / '3-4'}.parts")
+    _group_job(toy_data, tmp_path, monkeypatch, "mtt", 3, 3, kind_dir / "tmp")
+    parts.mkdir()
+    (kind_dir / "tmp/expert_3.pt").rename(parts / "expert_3.pt")
+    (kind_dir / "tmp").rmdir()
+    (parts / "expert_9.pt").write_bytes(b"stale")  # another range's leftover is dropped
+    calls.clear()
+    _group_job(toy_data, tmp_path, monkeypatch, "mtt", 3, 4, kind_dir / "3-4", calls=calls)
+    assert calls == [4] and sorted(f.name for f in (kind_dir / "3-4").iterdir()) == [
+        "expert_3.pt", "expert_4.pt"]
+    # other settings (another batch size) never reuse an expert
+    from ltdistill.experts import pipeline
+    calls.clear()
+    pipeline.train_expert_job("c", "s", "p", "mtt", 0, 0, {"epochs": 1, "batch_size": 8}, {},
+                              "color_crop_cutout_flip_scale_rotate", "cpu", kind_dir / "other",
+                              checkpoint_every_s=None)
+    assert calls == [0]
 
 
 def test_disagreeing_consumers_are_rejected():

@@ -478,6 +478,27 @@ def test_pipeline_stages_write_the_evaluation_record(toy_raw, toy_data, tmp_path
     assert rec["partition"]["groups"] == summary["groups"]
     assert rec["lt_test"] is not None and "group_acc" in rec["lt_test"]
     json.dumps(rec, allow_nan=False)  # strict JSON
+    # runtime.batch_eval_seeds: seeds 0 and 1 in one call write the records of two single calls
+    tsp.evaluate(identity, "original_distilled", cache, split, prep, prep, tmp_path / "g.pt",
+                 tmp_path / "group.pt", tmp_path / "set.pt", section, network, "", 1, "cpu",
+                 tmp_path / "s1.json")
+    tsp.evaluate({k: v for k, v in identity.items() if k != "eval_seed"}, "original_distilled",
+                 cache, split, prep, prep, tmp_path / "g.pt", tmp_path / "group.pt",
+                 tmp_path / "set.pt", section, network, "", [0, 1], "cpu",
+                 [tmp_path / "batch0.json", tmp_path / "batch1.json"])
+    for single, batched, seed in (("a.json", "batch0.json", 0), ("s1.json", "batch1.json", 1)):
+        a, b = read_json(tmp_path / single), read_json(tmp_path / batched)
+        assert b["eval_seed"] == b["train_seed"] == seed
+        assert a["test"]["per_class"] == b["test"]["per_class"]
+        assert a["stage2"]["nodes"] == b["stage2"]["nodes"]
+    # each seed trains its own intra-group classifiers (the node seeds derive from it)
+    seeds0, seeds1 = ({n["seed"] for n in read_json(tmp_path / f)["stage2"]["nodes"].values()}
+                      for f in ("batch0.json", "batch1.json"))
+    assert len(seeds0) == 2 and not seeds0 & seeds1
+    with pytest.raises(ValueError, match="2 seeds for 1 output"):
+        tsp.evaluate(identity, "original_distilled", cache, split, prep, prep, tmp_path / "g.pt",
+                     tmp_path / "group.pt", tmp_path / "set.pt", section, network, "", [0, 1],
+                     "cpu", [tmp_path / "x.json"])
     with pytest.raises(ValueError, match="trained on original"):
         tsp.evaluate(identity, "distilled_distilled", cache, split, prep, prep, tmp_path / "g.pt",
                      tmp_path / "group.pt", tmp_path / "set.pt", section, network, "", 0, "cpu",

@@ -24,7 +24,14 @@ from .conftest import ROOT, copy_workflow, smk
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
-def _cluster_or_skip() -> None:
+def _stop_cluster() -> None:
+    """Stop the daemons and remove the slurm.conf that start wrote: left behind without a
+    controller, it makes every later `snakemake` command wait ~9 s in the SLURM plugin's import."""
+    subprocess.run(["bash", str(ROOT / "scripts/local_slurm.sh"), "stop"], capture_output=True,
+                   timeout=60)
+
+
+def _cluster_or_skip(request: pytest.FixtureRequest) -> None:
     if os.geteuid() != 0:
         pytest.skip("SLURM test: needs root to start munge/slurmctld/slurmd")
     missing = [b for b in ("slurmctld", "slurmd", "munged", "sbatch") if not shutil.which(b)]
@@ -34,6 +41,7 @@ def _cluster_or_skip() -> None:
         pytest.skip("SLURM test: pip install snakemake-executor-plugin-slurm")
     if not Path("/usr/share/datasets/fashion-mnist").exists():
         pytest.skip("SLURM test: needs dataset-fashion-mnist")
+    request.addfinalizer(_stop_cluster)
     out = subprocess.run(["bash", str(ROOT / "scripts/local_slurm.sh"), "start"], text=True,
                          capture_output=True, timeout=180)
     if out.returncode != 0:
@@ -62,8 +70,8 @@ def _slurm_config(wdir: Path) -> Path:
     return path
 
 
-def test_tiny_benchmark_through_slurm(tmp_path: Path):
-    _cluster_or_skip()
+def test_tiny_benchmark_through_slurm(tmp_path: Path, request: pytest.FixtureRequest):
+    _cluster_or_skip(request)
     wdir = copy_workflow(tmp_path / "wf")
     _slurm_config(wdir)
     start = time.perf_counter()

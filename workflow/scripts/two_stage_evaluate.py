@@ -1,4 +1,5 @@
-"""Train the intra-group classifiers of one variant and write the two-stage metrics JSON."""
+"""Train the intra-group classifiers of one variant and write the two-stage metrics JSON: one
+seed per job, or every evaluation seed in one job (runtime.batch_eval_seeds)."""
 
 from ltdistill.jobs import start
 from ltdistill.two_stage.pipeline import evaluate
@@ -8,8 +9,12 @@ start(sm)
 w = sm.wildcards
 identity = {"dataset": w.dataset, "imbalance_factor": int(w.imb), "ipc": int(w.ipc),
             "method": w.method, "distill_seed": int(w.dseed), "model": w.model,
-            "recipe": f"two_stage_{w.variant}", "eval_seed": int(w.eseed)}
+            "recipe": f"two_stage_{w.variant}"}
+if "eseed" in w.keys():
+    seeds, outs = int(w.eseed), sm.output[0]
+else:  # batched: the outputs are the seeds' JSONs in params.seeds order
+    seeds, outs = list(sm.params.seeds), list(sm.output)
 evaluate(identity, w.variant, sm.input.cache, sm.input.split, sm.input.prep_original,
          sm.input.prep_method, sm.input.grouping, sm.input.group_model,
          sm.input.get("image_set"), sm.params.two_stage, sm.params.network,
-         sm.params.dsa_strategy, int(w.eseed), sm.params.device, sm.output[0])
+         sm.params.dsa_strategy, seeds, sm.params.device, outs)

@@ -105,16 +105,36 @@ def load_flat_parameters(model: torch.nn.Module, flat: torch.Tensor) -> None:
         offset += p.numel()
 
 
+def expert_files(path: str | Path) -> list[Path]:
+    """The expert files at `path`: the file itself, or the expert_{i}.pt files of a group
+    directory (a train_expert job's output, named {first}-{last}) in index order."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    files = sorted(path.glob("expert_*.pt"), key=lambda f: int(f.stem.split("_")[1]))
+    first, sep, last = path.name.partition("-")
+    if sep and first.isdigit() and last.isdigit():
+        want = [f"expert_{i}.pt" for i in range(int(first), int(last) + 1)]
+        if [f.name for f in files] != want:
+            raise ExpertError(f"expert directory {path} should hold {want[0]}..{want[-1]}, found "
+                              f"{[f.name for f in files]}; delete it and rerun train_expert")
+    if not files:
+        raise ExpertError(f"expert directory {path} holds no expert_*.pt files")
+    return files
+
+
 class ExpertPool:
     """The experts of one kind, opened lazily (mmap) and verified once at open. Distillation draws
-    one expert per iteration uniformly with the run's generator (trajectory_methods.md §0)."""
+    one expert per iteration uniformly with the run's generator (trajectory_methods.md §0).
+    `paths`: expert files or group directories (expanded in order by `expert_files`)."""
 
     def __init__(self, paths: list[str | Path] | str | Path, verify: bool = True) -> None:
         if isinstance(paths, (str, Path)):
             paths = [paths]
-        if not paths:
+        files = [f for p in paths for f in expert_files(p)]
+        if not files:
             raise ExpertError("an expert pool needs at least one expert file")
-        self.experts = [load_expert(p, verify=verify) for p in paths]
+        self.experts = [load_expert(p, verify=verify) for p in files]
         sizes = {e.num_params for e in self.experts}
         kinds = {e.meta["kind"] for e in self.experts}
         if len(sizes) != 1 or len(kinds) != 1:

@@ -253,12 +253,20 @@ def group_classifier(cache: str | Path, split: str | Path, preprocessing: str | 
 def evaluate(identity: dict[str, Any], variant: str, cache: str | Path, split: str | Path,
              prep_original: str | Path, prep_method: str | Path, grouping_path: str | Path,
              group_model_path: str | Path, image_set_path: str | Path | None,
-             two_stage: dict[str, Any], network: dict[str, Any], dsa_strategy: str, seed: int,
-             device: str, out: str | Path) -> None:
+             two_stage: dict[str, Any], network: dict[str, Any], dsa_strategy: str,
+             seed: int | list[int], device: str, out: str | Path | list[str | Path]) -> None:
     """Train the intra-group classifiers (stage 2, seeded by the evaluation seed) on the data
     source of `variant`, combine them with the trained stage-1 classifier and write one metrics
     record in the schema of ltdistill.pipeline.evaluate, plus group_acc (in `test`),
-    train_img_num and partition."""
+    train_img_num and partition.
+
+    `seed` and `out` may be lists of equal length (runtime.batch_eval_seeds): the data, grouping
+    and stage-1 models load once and each seed's record is written as soon as it is trained, with
+    `eval_seed` set to that seed in its identity."""
+    seeds = [int(seed)] if isinstance(seed, int) else [int(s) for s in seed]
+    outs = [out] if isinstance(out, (str, Path)) else list(out)
+    if len(seeds) != len(outs) or not seeds:
+        raise ValueError(f"{len(seeds)} seeds for {len(outs)} output files")
     clock = Stopwatch()
     cfg = two_stage_config(two_stage)
     dev = resolve_device(device)
@@ -273,8 +281,10 @@ def evaluate(identity: dict[str, Any], variant: str, cache: str | Path, split: s
             raise ValueError(f"variant {variant} needs the method's image set")
         image_set = load_image_set(image_set_path)
         if image_set.failed:
-            write_json(out, failed_record({**identity, "variant": variant}, image_set, dev,
-                                          clock.elapsed, {"two_stage": asdict(cfg)}))
+            for seed_, out_ in zip(seeds, outs, strict=True):
+                write_json(out_, failed_record({**identity, "eval_seed": seed_, "variant": variant},
+                                             image_set, dev, clock.elapsed,
+                                             {"two_stage": asdict(cfg)}))
             log.warning("%s %s: image set is a failure record (%s)", identity.get("method"),
                         variant, image_set.failure_reason)
             return
@@ -290,59 +300,62 @@ def evaluate(identity: dict[str, Any], variant: str, cache: str | Path, split: s
     stage2 = _stage_data(src2, data2, image_set)
     ic = cfg.intra_classifier
     spec = network_spec(network, data2, arch=identity.get("model") or ic.arch)
-    start = clock.elapsed
-    intra_models, info = train_stage(tree, "intra", stage2, ic, spec, dsa_strategy, seed, dev)
-    train_time = clock.elapsed - start
-    clf = TwoStageClassifier(tree, group_models, intra_models, data_o.num_classes)
-    shot = list(data_o.groups)
-    test = two_stage_metrics(clf, data1.test_images, data2.test_images, data_o.test_labels,
-                             shot, cfg.routing)
-    lt_test = None
-    if data_o.lt_test_images is not None and data_o.lt_test_labels is not None:
-        lt_test = two_stage_metrics(clf, data1.lt_test_images, data2.lt_test_images,
-                                    data_o.lt_test_labels, shot, cfg.routing)
-    n1 = int(stage1_meta["info"]["train_images"])
-    n2 = len(stage2)
-    nodes = [n for n in info["nodes"].values() if n.get("spec")]
-    epochs = nodes[0]["epochs"] if nodes else ic.epochs(src2)
-    record = {
-        **identity,
-        "variant": variant,
-        "selection": data_o.split.selection,
-        "num_classes": data_o.num_classes,
-        "class_names": data_o.class_names,
-        "lt_counts": data_o.counts,
-        "groups": data_o.groups,
-        "image_set_counts": (image_set.per_class_counts if image_set is not None
-                             else list(data_o.counts)),
-        "lr": info["lr"],
-        "lr_source": info["lr_source"],
-        "epochs": epochs,
-        "passes": epochs + 1,
-        "batch_size": nodes[0]["batch_size"] if nodes else ic.batch_size,
-        "soft_labels_used": any(n.get("soft_labels_used") for n in nodes),
-        "train_images": n1 + n2,
-        "train_img_num": n1 + n2,
-        "train_img_breakdown": {"stage1": n1, "stage2": n2},
-        "train_seed": int(seed),
-        "model_spec": asdict(spec),
-        "train_recipe": asdict(ic),
-        "routing": cfg.routing,
-        "stage1": {"source": src1, "model": str(group_model_path),
-                   "test_group_acc": stage1_meta["info"].get("test_group_acc"),
-                   "lr": stage1_meta["info"].get("lr"), "nodes": stage1_meta["info"]["nodes"]},
-        "stage2": {"source": src2, "nodes": info["nodes"]},
-        "partition": _partition_record(gmeta),
-        "test": test,
-        "lt_test": lt_test,
-        "wall_time_s": round(train_time, 3),
-        "status": "ok",
-        "provenance": provenance(dev, clock.elapsed, {"two_stage": asdict(cfg),
-                                                      "network": network}),
-    }
-    write_json(out, _nan_to_none(json_ready(record)))
-    log.info("%s %s: top-1 %.4f, group acc %.4f, std %.4f (%d + %d images)", identity.get("method"),
-             variant, test["top1"], test["group_acc"], test["class_std"], n1, n2)
+    for seed_, out_ in zip(seeds, outs, strict=True):
+        seed_identity = {**identity, "eval_seed": seed_}
+        start = clock.elapsed
+        intra_models, info = train_stage(tree, "intra", stage2, ic, spec, dsa_strategy, seed_, dev)
+        train_time = clock.elapsed - start
+        clf = TwoStageClassifier(tree, group_models, intra_models, data_o.num_classes)
+        shot = list(data_o.groups)
+        test = two_stage_metrics(clf, data1.test_images, data2.test_images, data_o.test_labels,
+                                 shot, cfg.routing)
+        lt_test = None
+        if data_o.lt_test_images is not None and data_o.lt_test_labels is not None:
+            lt_test = two_stage_metrics(clf, data1.lt_test_images, data2.lt_test_images,
+                                        data_o.lt_test_labels, shot, cfg.routing)
+        n1 = int(stage1_meta["info"]["train_images"])
+        n2 = len(stage2)
+        nodes = [n for n in info["nodes"].values() if n.get("spec")]
+        epochs = nodes[0]["epochs"] if nodes else ic.epochs(src2)
+        record = {
+            **seed_identity,
+            "variant": variant,
+            "selection": data_o.split.selection,
+            "num_classes": data_o.num_classes,
+            "class_names": data_o.class_names,
+            "lt_counts": data_o.counts,
+            "groups": data_o.groups,
+            "image_set_counts": (image_set.per_class_counts if image_set is not None
+                                 else list(data_o.counts)),
+            "lr": info["lr"],
+            "lr_source": info["lr_source"],
+            "epochs": epochs,
+            "passes": epochs + 1,
+            "batch_size": nodes[0]["batch_size"] if nodes else ic.batch_size,
+            "soft_labels_used": any(n.get("soft_labels_used") for n in nodes),
+            "train_images": n1 + n2,
+            "train_img_num": n1 + n2,
+            "train_img_breakdown": {"stage1": n1, "stage2": n2},
+            "train_seed": seed_,
+            "model_spec": asdict(spec),
+            "train_recipe": asdict(ic),
+            "routing": cfg.routing,
+            "stage1": {"source": src1, "model": str(group_model_path),
+                       "test_group_acc": stage1_meta["info"].get("test_group_acc"),
+                       "lr": stage1_meta["info"].get("lr"), "nodes": stage1_meta["info"]["nodes"]},
+            "stage2": {"source": src2, "nodes": info["nodes"]},
+            "partition": _partition_record(gmeta),
+            "test": test,
+            "lt_test": lt_test,
+            "wall_time_s": round(train_time, 3),
+            "status": "ok",
+            "provenance": provenance(dev, clock.elapsed, {"two_stage": asdict(cfg),
+                                                          "network": network}),
+        }
+        write_json(out_, _nan_to_none(json_ready(record)))
+        log.info("%s %s seed %d: top-1 %.4f, group acc %.4f, std %.4f (%d + %d images)",
+                 identity.get("method"), variant, seed_, test["top1"], test["group_acc"],
+                 test["class_std"], n1, n2)
 
 
 # --------------------------------------------------------------------------- report
