@@ -16,6 +16,14 @@ if not workflow.overwrite_configfiles:
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+# Every job process starts with glibc's allocator tuned for large tensors (runtime.allocator:
+# GLIBC_TUNABLES is read only at process start, so it is set here, for the jobs Snakemake starts).
+import os
+from ltdistill.allocator import job_environment
+
+os.environ.update(job_environment(config["runtime"].get("allocator", "auto")))
+
+
 report: "workflow/report/workflow.rst"
 
 

@@ -189,6 +189,9 @@ def main() -> None:
                     help="runtime.allocator of the measured processes (system = malloc as is)")
     ap.add_argument("--worker", nargs=2, metavar=("SETTING", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    from ltdistill.allocator import ensure_job_environment
+
+    ensure_job_environment(args.allocator)  # measured processes allocate as workflow jobs do
     torch.set_num_threads(args.threads)
     from ltdistill.allocator import tune_allocator
 

@@ -119,6 +119,9 @@ def main() -> None:
     ap.add_argument("--one", nargs=2, metavar=("SETTING", "CASE"), help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "statistical.json"))
     args = ap.parse_args()
+    from ltdistill.allocator import ensure_job_environment
+
+    ensure_job_environment("auto")  # measured processes allocate as workflow jobs do
     if args.one:
         print(json.dumps(run_case(args.one[0], args.one[1], args.steps)))
         return

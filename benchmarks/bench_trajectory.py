@@ -24,7 +24,7 @@ whole iterations instead.
          TESLA mode: MTT N 30, DATM N 80, DAMED N 80 + 80 (issue 8: peak memory within 24 GiB);
          estimated from probe steps like paper (TESLA's memory does not grow with N)
 
-Usage: python benchmarks/bench_trajectory.py [--settings cpu paper reference ipc50] [--threads 1] [--full-paper]
+Usage: python benchmarks/bench_trajectory.py [--settings cpu paper reference ipc50] [--threads 1] [--full-paper] [--norm fast|stock]
            [--allocator auto|system]
            [--out benchmarks/results/trajectory.json]
 """
@@ -185,6 +185,10 @@ def measure(job: dict) -> dict:
     from ltdistill.allocator import tune_allocator
 
     tune_allocator(job.get("allocator", "auto"))
+    if job.get("norm") == "stock":
+        from ltdistill.models import fast_ops
+
+        fast_ops.FAST_INSTANCE_NORM = False
     base = _rss_mb()
     if job["what"] == "expert":
         rate = _expert_rate(job["setting"], job["kind"], job["batches"])
@@ -195,7 +199,11 @@ def measure(job: dict) -> dict:
     return {"seconds": seconds, "peak_rss_mb": _peak_mb() - base}
 
 
+NORM = "fast"  # --norm: instance norm's closed-form double backward (fast) or the stock op
+
+
 def run_child(job: dict) -> dict:
+    job = {**job, "norm": NORM}
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], check=True,
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -244,15 +252,23 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/trajectory.json")
     ap.add_argument("--allocator", default="auto", choices=["auto", "system"],
                     help="runtime.allocator of the measured processes (system = malloc as is)")
+    ap.add_argument("--norm", default="fast", choices=["fast", "stock"],
+                    help="instance norm: ltdistill's (closed-form double backward on CPU) or "
+                         "torch's GroupNorm, for an A/B in one run")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    from ltdistill.allocator import ensure_job_environment
+
+    ensure_job_environment(args.allocator)  # measured processes allocate as workflow jobs do
+    global NORM
+    NORM = args.norm
     if args.child:
         print(json.dumps(measure(json.loads(args.child))))
         return
     results: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                                  "cpu_count": os.cpu_count(), "torch": torch.__version__,
                                  "threads": args.threads, "allocator": args.allocator,
-                                 "load_average_at_start": os.getloadavg()},
+                                 "norm": args.norm, "load_average_at_start": os.getloadavg()},
                      "settings": SETTINGS, "expert_training": {}, "distillation": {},
                      "tesla_memory": {}}
     for setting in args.settings:

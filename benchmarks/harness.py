@@ -333,4 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    from ltdistill.allocator import ensure_job_environment
+
+    # the kernels run in this process: allocate as workflow jobs do (restarts once if needed)
+    ensure_job_environment("system" if "system" in sys.argv else "auto")
     main()

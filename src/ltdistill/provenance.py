@@ -61,6 +61,7 @@ def runtime_description() -> dict:
 
     return {"micro_batch": microbatch.get_micro_batch(),
             "allocator_tuned": allocator.is_tuned(),
+            "malloc_tcache_off": allocator.tcache_disabled(),
             "deterministic": torch.are_deterministic_algorithms_enabled(),
             "threads": torch.get_num_threads()}
 

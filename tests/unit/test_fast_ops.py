@@ -72,3 +72,119 @@ def test_channels_last_input_takes_the_stock_pool():
     y = AvgPool2x2()(x)
     assert "AvgPool2D" in type(y.grad_fn).__name__
     torch.testing.assert_close(y, F.avg_pool2d(x, 2, 2))
+
+
+# --------------------------------------------------------------------------- instance norm
+
+def _gn(x, w, b):
+    return F.group_norm(x, x.shape[1], w, b, 1e-5)
+
+
+def _norm_inputs(dtype, seed=0, shape=(3, 4, 5, 6)):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=dtype).requires_grad_(True)
+    w = (torch.rand(shape[1], generator=g, dtype=dtype) + 0.5).requires_grad_(True)
+    b = torch.randn(shape[1], generator=g, dtype=dtype).requires_grad_(True)
+    return g, x, w, b
+
+
+@pytest.mark.parametrize("use", ["all", "gx_only", "params_only"])
+def test_instance_norm_second_derivatives_equal_groupnorm(use):
+    """d/d(x, w, b) of a function of the first derivatives (what MTT and gradient matching
+    differentiate), with ReLU after the norm as in the ConvNet; 'gx_only' and 'params_only' leave
+    some incoming gradients undefined (None) in the closed-form backward."""
+    from ltdistill.models.fast_ops import _InstanceNorm
+
+    g, x, w, b = _norm_inputs(torch.float64)
+    up = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    uw, ub = (torch.randn(x.shape[1], generator=g, dtype=torch.float64) for _ in range(2))
+
+    def second(norm):
+        y = torch.relu(norm(x, w, b))
+        gx, gw, gb = torch.autograd.grad((y * up).pow(2).sum(), (x, w, b), create_graph=True)
+        loss = {"all": (gx * up).sum() + (gw * uw).sum() + (gb * ub).sum(),
+                "gx_only": (gx * up).sum(), "params_only": (gw * uw).sum() + gb.pow(2).sum()}[use]
+        return (y, gx, gw, gb, *torch.autograd.grad(loss, (x, w, b), allow_unused=True))
+
+    ours = second(lambda x, w, b: _InstanceNorm.apply(x, w, b, 1e-5))
+    ref = second(_gn)
+    for a, r in zip(ours, ref, strict=True):
+        if r is None:
+            assert a is None or not a.abs().any()
+        else:
+            torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
+
+
+def test_instance_norm_gradcheck_and_gradgradcheck():
+    from ltdistill.models.fast_ops import _InstanceNorm
+
+    _, x, w, b = _norm_inputs(torch.float64, seed=1, shape=(2, 3, 4, 4))
+    fn = lambda x, w, b: _InstanceNorm.apply(x, w, b, 1e-5)  # noqa: E731
+    assert gradcheck(fn, (x, w, b)) and gradgradcheck(fn, (x, w, b))
+
+
+def test_instance_norm_layer_is_groupnorm_and_falls_back_to_the_stock_op():
+    from ltdistill.models import fast_ops
+    from ltdistill.models.fast_ops import InstanceNorm
+
+    layer = InstanceNorm(4)
+    assert isinstance(layer, torch.nn.GroupNorm) and layer.num_groups == 4
+    assert set(layer.state_dict()) == {"weight", "bias"}
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    assert type(layer(x).grad_fn).__name__ == "_InstanceNormBackward"  # the fast path
+    stock = {  # every other case takes torch's GroupNorm (same values)
+        "no grad needed": x.detach(),
+        "channels last": x.contiguous(memory_format=torch.channels_last),
+        "3-d input": x[:, :, 0].detach().requires_grad_(True),
+    }
+    for why, t in stock.items():
+        y = layer(t)
+        assert y.grad_fn is None or "NativeGroupNorm" in type(y.grad_fn).__name__, why
+        torch.testing.assert_close(y, F.group_norm(t, 4, layer.weight, layer.bias), msg=why)
+    fast_ops.FAST_INSTANCE_NORM = False
+    try:
+        assert "NativeGroupNorm" in type(layer(x).grad_fn).__name__
+    finally:
+        fast_ops.FAST_INSTANCE_NORM = True
+    # torch.func transforms (the vmapped seeds, DC's vmapped class gradients) take the stock op
+    xs = torch.randn(3, 2, 4, 5, 5)
+    per_sample = torch.func.vmap(torch.func.grad(
+        lambda t: torch.func.functional_call(layer, dict(layer.named_parameters()), (t,))
+        .pow(3).sum()))(xs)
+    expected = torch.stack([torch.autograd.grad(_gn(t.requires_grad_(True), layer.weight,
+                                                    layer.bias).pow(3).sum(), t)[0]
+                            for t in xs.clone()])
+    torch.testing.assert_close(per_sample, expected)
+
+
+def test_unrolled_student_gradient_matches_the_stock_norm():
+    """An MTT-style unroll through the ConvNet: the gradient w.r.t. the synthetic images through
+    two create_graph steps is the stock layer's, in float32, up to summation order."""
+    from ltdistill.models import fast_ops
+
+    spec = ModelSpec("convnet3", 1, 4, 12, width=8)
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(6, 1, 12, 12, generator=g)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    net = build_model(spec, seed=0)
+    theta0 = {k: v.detach() for k, v in net.named_parameters()}
+
+    def image_gradient() -> torch.Tensor:
+        syn = images.clone().requires_grad_(True)
+        theta = {k: v.clone().requires_grad_(True) for k, v in theta0.items()}
+        for _ in range(2):
+            out = torch.func.functional_call(net, theta, (syn,))
+            grads = torch.autograd.grad(F.cross_entropy(out, labels), list(theta.values()),
+                                        create_graph=True)
+            theta = {k: v - 0.1 * gk for (k, v), gk in zip(theta.items(), grads, strict=True)}
+        loss = sum((v - theta0[k]).pow(2).sum() for k, v in theta.items())
+        return torch.autograd.grad(loss, syn)[0]
+
+    fast = image_gradient()
+    fast_ops.FAST_INSTANCE_NORM = False
+    try:
+        stock = image_gradient()
+    finally:
+        fast_ops.FAST_INSTANCE_NORM = True
+    assert fast.abs().max() > 0
+    torch.testing.assert_close(fast, stock, rtol=1e-4, atol=1e-5 * float(stock.abs().max()))

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ltdistill.models import ModelSpec, build_model, classifier_start, count_parameters
+from ltdistill.models.fast_ops import InstanceNorm
 
 # (arch, channels, image size, C, backbone = classifier_start, total)   spec §1.2 and §2
 COUNTS = [
@@ -73,8 +74,10 @@ def test_default_and_override_norms():
                 if isinstance(mod, (nn.GroupNorm, nn.BatchNorm2d, nn.LayerNorm))}
 
     assert norms(build_model(ModelSpec("resnet18", 3, 10, 32), 0)) == {nn.BatchNorm2d}
-    assert norms(build_model(ModelSpec("resnet18", 3, 10, 32, norm="instance"), 0)) == {nn.GroupNorm}
-    assert norms(build_model(ModelSpec("vgg11", 3, 10, 32), 0)) == {nn.GroupNorm}
+    # instance norm is GroupNorm(C, C): ltdistill's subclass with the fast double backward
+    assert norms(build_model(ModelSpec("resnet18", 3, 10, 32, norm="instance"), 0)) == {InstanceNorm}
+    assert norms(build_model(ModelSpec("vgg11", 3, 10, 32), 0)) == {InstanceNorm}
+    assert issubclass(InstanceNorm, nn.GroupNorm)
     assert norms(build_model(ModelSpec("vgg11", 3, 10, 32, norm="batch"), 0)) == {nn.BatchNorm2d}
     assert norms(build_model(ModelSpec("alexnet", 3, 10, 32), 0)) == set()
     gn = [m for m in build_model(ModelSpec("resnet18", 3, 10, 32, norm="instance"), 0).modules()

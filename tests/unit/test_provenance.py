@@ -19,6 +19,7 @@ def test_provenance_records_the_runtime_policies_in_force():
         assert record["runtime"]["threads"] == 1
         assert record["runtime"]["deterministic"] is torch.are_deterministic_algorithms_enabled()
         assert isinstance(record["runtime"]["allocator_tuned"], bool)
+        assert isinstance(record["runtime"]["malloc_tcache_off"], bool)
         assert record["wall_time_s"] == 1.235
         assert record["config"] == {"recipe": {"epochs": 3}}
         assert record["device"].startswith("cpu:") and record["device"].endswith("x1 threads")
