@@ -351,3 +351,24 @@ def test_segmented_exact_gradient_equals_the_whole_unroll(segment, case):
     assert not applied and loss > 0 and syn.images.grad is None
     with pytest.raises(ValueError, match="exact_segment must be >= 1"):
         segmented_match(net, syn, theta0, target, unroll, spec, 0)
+
+
+def test_the_straightforward_benchmark_iteration_computes_ltdistills_network():
+    """benchmarks/bench_reference_mtt.py times a reference-structured MTT iteration beside
+    ltdistill's: its functional ConvNet over a flat vector must be the same network as
+    ltdistill's ConvNet-3 with the same parameters (same layout, layers and output), so that the
+    two iterations do the same work."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks/bench_reference_mtt.py"
+    spec_ = importlib.util.spec_from_file_location("bench_reference_mtt", path)
+    bench = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(bench)
+    net = build_model(ModelSpec("convnet3", bench.CHANNELS, bench.CLASSES, bench.SIZE,
+                                width=bench.WIDTH), 0)
+    assert [tuple(p.shape) for p in net.parameters()] == [s for _, s in bench._shapes()]
+    flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    x = torch.randn(3, bench.CHANNELS, bench.SIZE, bench.SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(bench.forward(flat, x), net(x), rtol=1e-4, atol=1e-5)
