@@ -354,15 +354,15 @@ def test_segmented_exact_gradient_equals_the_whole_unroll(segment, case):
 
 
 def test_the_straightforward_benchmark_iteration_computes_ltdistills_network():
-    """benchmarks/bench_reference_mtt.py times a reference-structured MTT iteration beside
+    """benchmarks/bench_reference.py times a reference-structured MTT iteration beside
     ltdistill's: its functional ConvNet over a flat vector must be the same network as
     ltdistill's ConvNet-3 with the same parameters (same layout, layers and output), so that the
     two iterations do the same work."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks/bench_reference_mtt.py"
-    spec_ = importlib.util.spec_from_file_location("bench_reference_mtt", path)
+    path = Path(__file__).resolve().parents[2] / "benchmarks/bench_reference.py"
+    spec_ = importlib.util.spec_from_file_location("bench_reference", path)
     bench = importlib.util.module_from_spec(spec_)
     spec_.loader.exec_module(bench)
     net = build_model(ModelSpec("convnet3", bench.CHANNELS, bench.CLASSES, bench.SIZE,
