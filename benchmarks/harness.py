@@ -1,7 +1,7 @@
 """The benchmark harness: one command, every stage, this machine's figures as JSON and Markdown.
 
     python benchmarks/harness.py [--run-dir .] [--config config/config.yaml] [--toy]
-                                 [--out benchmarks/results/harness]
+                                 [--same-host-reference] [--out benchmarks/results/harness]
 
 What it measures, in one run:
   machine      fp32 matmul GFLOP/s (best of 5, n = 2048), the reference every kernel is judged by;
@@ -17,7 +17,9 @@ What it measures, in one run:
                metrics JSONs and the config): every method's distillation wall time, seconds per
                iteration and peak RSS, expert / observer / teacher training images/s, evaluation
                training images/s per method, and the whole grid's wall time (first job start to
-               last job end).
+               last job end);
+  reference    with --same-host-reference: bench_reference.py's straightforward MTT, DM and DC
+               iterations in the reference code's structure, timed beside ltdistill's.
 --toy shrinks the kernels (the test suite runs it on the tiny config's run, without timing
 assertions). Family-specific kernel benchmarks with paper-scale settings: bench_matching.py,
 bench_trajectory.py, bench_statistical.py."""
@@ -268,6 +270,18 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {t['target']} | {t['gflop']:.3f} GFLOP/image "
                              f"| {t['images_per_s_at_peak']:.0f} images/s "
                              f"| {t['target_images_per_s']:.0f} images/s | {need} |")
+    ref = report.get("same_host_reference")
+    if ref:
+        lines += ["", "## Against the reference code's structure on this host (bench_reference.py)", "",
+                  "| iteration | straightforward (s) | ltdistill (s) | speedup |", "|---|---:|---:|---:|"]
+        for name, base in (("ltdistill_segmented", "straightforward"),
+                           ("ltdistill_whole", "straightforward"),
+                           ("ltdistill_dm", "straightforward_dm"),
+                           ("ltdistill_dc", "straightforward_dc")):
+            if name in ref["runs"] and base in ref["runs"]:
+                b = min(r["seconds"] for r in ref["runs"][base])
+                o = min(r["seconds"] for r in ref["runs"][name])
+                lines.append(f"| {name.removeprefix('ltdistill_')} | {b:.2f} | {o:.2f} | {b / o:.2f}x |")
     p = report.get("pipeline") or {}
     if p.get("jobs"):
         lines += ["", f"## Pipeline ({p['jobs']} jobs in `{report['run_dir']}`)", "",
@@ -297,6 +311,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "harness"))
     ap.add_argument("--allocator", default="auto", choices=["auto", "system"],
                     help="runtime.allocator for the kernels (system = malloc as is)")
+    ap.add_argument("--same-host-reference", action="store_true",
+                    help="also run bench_reference.py (straightforward MTT / DM / DC iterations "
+                         "in the reference code's structure beside ltdistill's; ~6 minutes)")
     args = ap.parse_args(argv)
     import yaml
 
@@ -323,6 +340,15 @@ def main(argv: list[str] | None = None) -> dict:
         "pipeline": pipeline_figures(run_dir, config),
     }
     report["targets"] = target_requirements(report["machine"]["matmul_gflops"], args.toy)
+    if args.same_host_reference:
+        import subprocess
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, str(Path(__file__).parent / "bench_reference.py"),
+                            "--threads", str(args.threads), "--reps", "1",
+                            "--out", f"{tmp}/reference.json"], check=True)
+            report["same_host_reference"] = json.loads(Path(f"{tmp}/reference.json").read_text())
     report["machine"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
