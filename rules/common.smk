@@ -115,5 +115,8 @@ def image_set_path(w):
 
 
 def get_final_outputs():
-    return (evaluation_targets(config) + report_targets() + two_stage_targets(config)
-            + two_stage_report_targets(config))
+    """The report's files. Every evaluation and two-stage metrics JSON is an input of the rules
+    making them (aggregate, two_stage_table), so `all` need not list the ~17,000 JSONs of
+    paper.yaml again (each listed file costs Snakemake another producer lookup; the same jobs,
+    a dry run 15.6 -> 15.0 s)."""
+    return report_targets() + two_stage_report_targets(config)
