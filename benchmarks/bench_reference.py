@@ -10,8 +10,9 @@ step and one backward through the whole unrolled graph, the default allocator an
 ltdistill's iteration is `bench_trajectory.py`'s `mtt` (whole graph) and `mtt_segmented`
 (`exact_segment: 5`), with its allocator settings. Same setting as issue 8's timing: Fashion-MNIST
 1x28x28, ConvNet-3 width 128, IPC 10 (100 images), syn_steps 20, the whole synthetic set per
-step. Each measurement runs in its own process (its own peak RSS); a warm-up iteration of 2 steps
-comes first.
+step. Each measurement runs in its own process (its own peak RSS); one whole iteration warms up
+(a distillation runs thousands: the first one also pays for first-touching the process's memory)
+and the mean of the next two is reported.
 
 DM (Zhao & Bilen's structure): every iteration a freshly initialised stock ConvNet-3 (GroupNorm,
 ReLU, avg_pool2d modules), and per class 256 real images of that class and the class's synthetic
@@ -245,8 +246,8 @@ def child(what: str, threads: int) -> dict:
             straightforward_dm(data, 1)
             seconds = straightforward_dm(data, 3)
     elif what == "straightforward":
-        straightforward_iteration(2)
-        seconds = straightforward_iteration(STEPS)
+        straightforward_iteration(STEPS)  # warm-up
+        seconds = sum(straightforward_iteration(STEPS) for _ in range(2)) / 2
     else:
         sys.path.insert(0, str(Path(__file__).parent))
         from bench_trajectory import _iteration
@@ -254,9 +255,9 @@ def child(what: str, threads: int) -> dict:
         from ltdistill.allocator import tune_allocator
 
         tune_allocator("auto")
-        segment = (5,) if what == "ltdistill_segmented" else ()
-        _iteration("reference", [("hard", 2, False, *segment)])
-        seconds = _iteration("reference", [("hard", STEPS, False, *segment)])
+        phases = [("hard", STEPS, False, *((5,) if what == "ltdistill_segmented" else ()))]
+        _iteration("reference", phases)  # warm-up
+        seconds = sum(_iteration("reference", phases) for _ in range(2)) / 2
     return {"seconds": seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
