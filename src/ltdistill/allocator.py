@@ -68,7 +68,10 @@ def tune_allocator(policy: str = "auto") -> bool:
     global _libc
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    _applied = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    _applied = mallopt(M_MMAP_MAX, 0) == 1
+    # job_environment's tunable (1 TiB) is above what mallopt can set (an int): keep it
+    if "glibc.malloc.trim_threshold=" not in os.environ.get("GLIBC_TUNABLES", ""):
+        _applied = _applied and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     _libc = libc if _applied else None
     return _applied
 
