@@ -14,7 +14,7 @@ from ltdistill.two_stage.targets import (
     two_stage_targets,
 )
 
-two_stage_settings(config)  # fail early on a bad `two_stage:` section
+TWO_STAGE_CFG = two_stage_settings(config)  # fails early on a bad `two_stage:` section
 TWO_STAGE = dict(config.get("two_stage") or {})
 TWO_STAGE_GROUPING_CODE = code_digest(
     "src/ltdistill/two_stage/grouping.py", "src/ltdistill/two_stage/config.py"
@@ -189,9 +189,7 @@ rule two_stage_group_classifier:
 # One job per seed, or (runtime.batch_eval_seeds, as rules/evaluate.smk) one job per variant that
 # trains every evaluation seed and writes the same per-seed JSONs.
 TS_EVAL_DIR = "{dataset}/if{imb}/ipc{ipc}/{method}/s{dseed}/{model}/two_stage_{variant}"
-_ts_cfg = two_stage_settings(config)
-TS_EVAL_SEEDS = (two_stage_seeds(config, _ts_cfg) if _ts_cfg is not None
-                 else [int(s) for s in config["evaluation"]["seeds"]])
+TS_EVAL_SEEDS = two_stage_seeds(config, TWO_STAGE_CFG)
 if config["runtime"].get("batch_eval_seeds", False):
     _ts_eval_out = [f"results/evaluation/{TS_EVAL_DIR}/seed{s}.json" for s in TS_EVAL_SEEDS]
     _ts_eval_tag = "seeds"

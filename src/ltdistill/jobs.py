@@ -56,3 +56,11 @@ def start(job: Any, uses_torch: bool = True) -> logging.Logger:
     logger = logging.getLogger(f"ltdistill.job.{job.rule}")
     logger.info("rule %s wildcards %s threads %d", job.rule, dict(job.wildcards), job.threads)
     return logger
+
+
+def eval_seeds_and_outputs(job: Any) -> tuple[int | list[int], str | list[str]]:
+    """The evaluation seed and output of a per-seed job ({eseed} wildcard), or every seed and
+    its output, in params.seeds order, of a batched one (runtime.batch_eval_seeds)."""
+    if "eseed" in job.wildcards.keys():
+        return int(job.wildcards.eseed), job.output[0]
+    return [int(s) for s in job.params.seeds], list(job.output)

@@ -1,7 +1,7 @@
 """Train evaluation models on an image set and write their metrics JSONs: one seed per job, or
 every evaluation seed in one job (runtime.batch_eval_seeds)."""
 
-from ltdistill.jobs import checkpoint_every_s, start
+from ltdistill.jobs import checkpoint_every_s, eval_seeds_and_outputs, start
 from ltdistill.pipeline import evaluate
 
 sm = snakemake  # noqa: F821
@@ -12,10 +12,7 @@ identity = {"dataset": w.dataset, "imbalance_factor": int(w.imb), "ipc": int(w.i
             "recipe": w.recipe}
 fixed = {"image_set", "cache", "split", "prep"}
 artifacts = {k: (v if isinstance(v, str) else list(v)) for k, v in sm.input.items() if k not in fixed}
-if "eseed" in w.keys():
-    seeds, outs = int(w.eseed), sm.output[0]
-else:  # batched: the outputs are the seeds' JSONs in params.seeds order
-    seeds, outs = list(sm.params.seeds), list(sm.output)
+seeds, outs = eval_seeds_and_outputs(sm)
 evaluate(sm.input.image_set, sm.input.cache, sm.input.split, sm.input.prep, sm.params.network,
          w.model, sm.params.recipe, seeds, sm.params.device, identity, outs, artifacts,
          checkpoint_every_s=checkpoint_every_s(sm),

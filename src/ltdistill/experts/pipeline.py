@@ -169,7 +169,7 @@ def train_expert_job(cache: str | Path, split: str | Path, preprocessing: str | 
     for done, index in enumerate(range(first, last + 1)):
         out = parts / f"expert_{index}.pt"
         init = Path(init_dir) / f"expert_{index}.pt" if init_dir is not None else None
-        want = job_fingerprint(data, spec, kind, index, cfg, init, dsa_strategy)
+        want = job_fingerprint(data, spec, kind, index, cfg, _init_identity(init), dsa_strategy)
         found = _finished_copy(out, out_dir, index, want)
         if found is not None:
             log.info("%s expert %d: kept the finished file %s", kind, index, found)
@@ -190,18 +190,26 @@ def train_expert_job(cache: str | Path, split: str | Path, preprocessing: str | 
     log.info("wrote %s experts %d-%d to %s in %.1fs", kind, first, last, out_dir, clock.elapsed)
 
 
+INIT_IDENTITY = ("kind", "config_hash", "test_top1")  # of the expert another one starts from
+
+
+def _init_identity(init_path: str | Path | None) -> dict[str, Any] | None:
+    """What identifies the expert that `init_path` holds (None: no init; its path when it cannot
+    be read, so that nothing is taken as finished and build_expert reports the damage)."""
+    if init_path is None:
+        return None
+    try:
+        meta = load_expert(init_path, verify=False).meta
+    except ExpertError:
+        return {"path": str(init_path)}
+    return {k: meta[k] for k in INIT_IDENTITY}
+
+
 def job_fingerprint(data: PreparedData, spec: ModelSpec, kind: str, index: int, cfg: ExpertConfig,
-                    init_path: str | Path | None, dsa_strategy: str) -> dict[str, Any]:
+                    init: dict[str, Any] | None, dsa_strategy: str) -> dict[str, Any]:
     """Everything that determines expert `index`'s content (the run's checkpoint fingerprint, and
-    the `job_fingerprint` an expert file records so a rerun can tell whether to keep it)."""
-    init = None
-    if init_path is not None:
-        try:
-            source = load_expert(init_path, verify=False)
-            init = {"kind": source.meta["kind"], "config_hash": source.meta["config_hash"],
-                    "test_top1": source.meta["test_top1"]}
-        except ExpertError:
-            init = {"path": str(init_path)}
+    the `job_fingerprint` an expert file records so a rerun can tell whether to keep it); `init`
+    is the identity of the expert it starts from (`_init_identity`)."""
     settings = asdict(cfg)
     settings.pop("num_experts")  # adding experts keeps the finished ones
     return {"kind": kind, "index": int(index), "config": settings, "spec": asdict(spec),
@@ -257,9 +265,10 @@ def build_expert(data: PreparedData, spec: ModelSpec, kind: str, index: int, cfg
         if source.meta["preprocessing_digest"] != data.preprocessing.digest:
             raise ValueError(f"{init_path} was trained in another preprocessing than this data")
         init = source.final()
-        init_meta = {"path": str(init_path), "kind": source.meta["kind"],
-                     "config_hash": source.meta["config_hash"], "test_top1": source.meta["test_top1"]}
-    fingerprint = job_fingerprint(data, spec, kind, index, cfg, init_path, dsa_strategy)
+        init_meta = {"path": str(init_path), **{k: source.meta[k] for k in INIT_IDENTITY}}
+    fingerprint = job_fingerprint(
+        data, spec, kind, index, cfg,
+        None if init_meta is None else {k: init_meta[k] for k in INIT_IDENTITY}, dsa_strategy)
     ckpt = None
     if checkpoint_every_s is not None:
         ckpt = Checkpointer(checkpoint_path(out), checkpoint_every_s, fingerprint=fingerprint)

@@ -300,21 +300,21 @@ def evaluate(identity: dict[str, Any], variant: str, cache: str | Path, split: s
     stage2 = _stage_data(src2, data2, image_set)
     ic = cfg.intra_classifier
     spec = network_spec(network, data2, arch=identity.get("model") or ic.arch)
+    shot = list(data_o.groups)
+    n1 = int(stage1_meta["info"]["train_images"])
+    n2 = len(stage2)
     for seed_, out_ in zip(seeds, outs, strict=True):
         seed_identity = {**identity, "eval_seed": seed_}
         start = clock.elapsed
         intra_models, info = train_stage(tree, "intra", stage2, ic, spec, dsa_strategy, seed_, dev)
         train_time = clock.elapsed - start
         clf = TwoStageClassifier(tree, group_models, intra_models, data_o.num_classes)
-        shot = list(data_o.groups)
         test = two_stage_metrics(clf, data1.test_images, data2.test_images, data_o.test_labels,
                                  shot, cfg.routing)
         lt_test = None
         if data_o.lt_test_images is not None and data_o.lt_test_labels is not None:
             lt_test = two_stage_metrics(clf, data1.lt_test_images, data2.lt_test_images,
                                         data_o.lt_test_labels, shot, cfg.routing)
-        n1 = int(stage1_meta["info"]["train_images"])
-        n2 = len(stage2)
         nodes = [n for n in info["nodes"].values() if n.get("spec")]
         epochs = nodes[0]["epochs"] if nodes else ic.epochs(src2)
         record = {

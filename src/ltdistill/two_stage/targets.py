@@ -41,8 +41,10 @@ def ipc_free(config: dict, slug: str) -> bool:
     return stored_ipc(config, slug, 1) == 0
 
 
-def two_stage_seeds(config: dict, cfg: TwoStageConfig) -> list[int]:
-    return [int(s) for s in (cfg.seeds if cfg.seeds is not None else config["evaluation"]["seeds"])]
+def two_stage_seeds(config: dict, cfg: TwoStageConfig | None) -> list[int]:
+    """The evaluation seeds of the two-stage evaluations: the section's own, else the config's."""
+    seeds = cfg.seeds if cfg is not None and cfg.seeds is not None else None
+    return [int(s) for s in (seeds if seeds is not None else config["evaluation"]["seeds"])]
 
 
 def _path(dataset: str, imb: int, ipc: int, method: str, dseed: int, model: str, recipe: str,
