@@ -24,8 +24,8 @@ whole iterations instead.
          TESLA mode: MTT N 30, DATM N 80, DAMED N 80 + 80 (issue 8: peak memory within 24 GiB);
          estimated from probe steps like paper (TESLA's memory does not grow with N)
 
-Usage: python benchmarks/bench_trajectory.py [--settings cpu paper reference ipc50] [--threads 1] [--full-paper] [--norm fast|stock]
-           [--allocator auto|system]
+Usage: python benchmarks/bench_trajectory.py [--settings cpu paper reference ipc50] [--threads 1] [--full-paper]
+           [--norm fast|stock] [--blocks fused|stock] [--allocator auto|system]
            [--out benchmarks/results/trajectory.json]
 """
 
@@ -189,6 +189,10 @@ def measure(job: dict) -> dict:
         from ltdistill.models import fast_ops
 
         fast_ops.FAST_INSTANCE_NORM = False
+    if job.get("blocks") == "stock":
+        from ltdistill.models import fused_block
+
+        fused_block.ENABLED = False
     base = _rss_mb()
     if job["what"] == "expert":
         rate = _expert_rate(job["setting"], job["kind"], job["batches"])
@@ -203,10 +207,11 @@ def measure(job: dict) -> dict:
 
 
 NORM = "fast"  # --norm: instance norm's closed-form double backward (fast) or the stock op
+BLOCKS = "fused"  # --blocks: the unrolled student's ConvNet blocks as one node each, or stock
 
 
 def run_child(job: dict) -> dict:
-    job = {**job, "norm": NORM}
+    job = {**job, "norm": NORM, "blocks": BLOCKS}
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], check=True,
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -259,20 +264,24 @@ def main() -> None:
     ap.add_argument("--norm", default="fast", choices=["fast", "stock"],
                     help="instance norm: ltdistill's (closed-form double backward on CPU) or "
                          "torch's GroupNorm, for an A/B in one run")
+    ap.add_argument("--blocks", default="fused", choices=["fused", "stock"],
+                    help="the trajectory students' ConvNet blocks: one node each with a small "
+                         "saved state (models/fused_block.py) or the stock modules")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     from ltdistill.allocator import ensure_job_environment
 
     ensure_job_environment(args.allocator)  # measured processes allocate as workflow jobs do
-    global NORM
-    NORM = args.norm
+    global NORM, BLOCKS
+    NORM, BLOCKS = args.norm, args.blocks
     if args.child:
         print(json.dumps(measure(json.loads(args.child))))
         return
     results: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                                  "cpu_count": os.cpu_count(), "torch": torch.__version__,
                                  "threads": args.threads, "allocator": args.allocator,
-                                 "norm": args.norm, "load_average_at_start": os.getloadavg()},
+                                 "norm": args.norm, "blocks": args.blocks,
+                                 "load_average_at_start": os.getloadavg()},
                      "settings": SETTINGS, "expert_training": {}, "distillation": {},
                      "tesla_memory": {}}
     for setting in args.settings:

@@ -42,6 +42,8 @@ class FlatNet:
         self.module = build_model(spec, seed=0).to(device)
         self.module.requires_grad_(False)
         self.module.train()  # the student trains in train mode, as in the reference
+        if hasattr(self.module, "fused_blocks"):  # ConvNets: the unroll keeps less per step
+            self.module.fused_blocks = True
         named = list(self.module.named_parameters())
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]

@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch._C._functorch import is_functorch_wrapped_tensor
 
-from . import MODELS, ModelSpec
-from .fast_ops import AvgPool2x2
+from . import MODELS, ModelSpec, fused_block
+from .fast_ops import AvgPool2x2, InstanceNorm
 from .norms import make_norm
 
 
 class ConvNet(nn.Module):
+    #: Set by the unrolled students of trajectory matching (`FlatNet`): every conv -> instance norm
+    #: -> ReLU -> pool block runs as one node with a small saved state (`fused_block`), on CPU
+    #: tensors with gradients outside torch.func transforms; elsewhere the stock modules run.
+    fused_blocks = False
+
     def __init__(self, channels: int, num_classes: int, image_size: int, width: int = 128,
                  depth: int = 3, norm: str = "instance") -> None:
         super().__init__()
@@ -29,8 +35,23 @@ class ConvNet(nn.Module):
         self.feature_dim = width * size * size
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
+    def _fusable(self, x: torch.Tensor) -> bool:
+        if not (self.fused_blocks and fused_block.ENABLED and torch.is_grad_enabled()
+                and x.device.type == "cpu" and isinstance(self.features[1], InstanceNorm)):
+            return False
+        conv = self.features[0]
+        wrapped = is_functorch_wrapped_tensor(x) or is_functorch_wrapped_tensor(conv.weight)
+        return not wrapped and (x.requires_grad or conv.weight.requires_grad)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(1)
+        if not self._fusable(x):
+            return self.features(x).flatten(1)
+        f = self.features
+        for i in range(0, len(f), 4):
+            conv, norm = f[i], f[i + 1]
+            x = fused_block.conv_block(x, conv.weight, conv.bias, norm.weight, norm.bias, conv.padding[0],
+                           norm.eps)
+        return x.flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))

@@ -124,6 +124,70 @@ class _InstanceNorm(torch.autograd.Function):
         return gx, gw, gb, None
 
 
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).sum(1, keepdim=True)
+
+
+def _combine(base: torch.Tensor, c_base: torch.Tensor, terms, c0: torch.Tensor) -> torch.Tensor:
+    """base * c_base + sum(t * c for t, c in terms) + c0, with [rows, 1] coefficients: a scaled
+    product then in-place multiply-adds (`torch.addcmul` with a broadcast first operand takes a
+    2x slower kernel here)."""
+    out = base * c_base
+    for t, c in terms:
+        out.addcmul_(t, c)
+    return out.add_(c0)
+
+
+def _norm_double_backward(gy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
+                          rstd: torch.Tensor, w: torch.Tensor, u: torch.Tensor | None,
+                          uw: torch.Tensor | None, ub: torch.Tensor | None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward of `_InstanceNormBackward` (see its docstring): given the gradients u, uw, ub
+    arriving at (gx, gw, gb), the gradients w.r.t. (gy, x, w).
+
+    x^ = (x - mean) r is never materialised: every output is a per-row linear combination of x,
+    gy and u (x^'s terms fold into the coefficients of x and of the constant), and the dot
+    products with x^ come from those with x: sum(v x^) = r (sum(v x) - mean sum(v)). Per value
+    that is three products, two sums and two combinations, about 30 ms at 100 x 128 x 32 x 32
+    on 2 cores instead of 46 for the textbook form."""
+    n, c = x.shape[:2]
+    rows, m = n * c, x[0, 0].numel()
+
+    def per_row(v: torch.Tensor | None) -> torch.Tensor | float:  # [C] -> [N*C, 1]
+        return 0.0 if v is None else v.repeat(n).view(rows, 1)
+
+    r = rstd.reshape(rows, 1)
+    mu = mean.reshape(rows, 1)
+    x2 = x.reshape(rows, m)
+    gy2 = gy.contiguous().view(rows, m)
+    wr, uwr, ubr = per_row(w), per_row(uw), per_row(ub)
+    s_gy = gy2.sum(1, keepdim=True)
+    s_gyx = r * (_rowdot(gy2, x2) - mu * s_gy)  # sum gy x^
+    if u is not None:
+        u2 = u.contiguous().view(rows, m)
+        s_u = u2.sum(1, keepdim=True)
+        mu_u = s_u / m
+        mu_ux = r * (_rowdot(u2, x2) - mu * s_u) / m  # <u x^>
+        s_gyu = _rowdot(gy2, u2)
+    else:
+        u2, mu_u, mu_ux, s_gyu = None, 0.0, 0.0, 0.0
+    mu_ghx = wr * s_gyx / m  # <g^ x^>
+    wrr = wr * r
+    a1 = uwr - wrr * mu_ux  # G = a1 gy + a2 u
+    a2 = -r * mu_ghx
+    # d/dgy = (ub - wr <u>) + a1 x^ + wr u, with x^ = r x - r mean
+    u_terms = [] if u2 is None else [(u2, wrr)]
+    g_gy = _combine(x2, a1 * r, u_terms, ubr - wrr * mu_u - a1 * r * mu)
+    g_w = (r * (s_gyu - mu_u * s_gy - mu_ux * s_gyx)).view(n, c).sum(0)
+    s = wr * (s_gyu - mu_u * s_gy) - m * mu_ux * mu_ghx
+    mean_g = a1 * s_gy / m + a2 * mu_u
+    mean_gx = a1 * s_gyx / m + a2 * mu_ux
+    bx = -r * mean_gx - s * r * r / m  # the coefficient of x^ in d/dx
+    u_terms = [] if u2 is None else [(u2, r * a2)]
+    g_x = _combine(gy2, r * a1, u_terms + [(x2, bx * r)], -r * mean_g - bx * r * mu)
+    return g_gy.view_as(gy), g_x.view_as(x), g_w
+
+
 class _InstanceNormBackward(torch.autograd.Function):
     """(gx, gw, gb) = the instance-norm backward of gy at x (native kernel). Its own backward
     (the second derivative of instance norm) in closed form, per instance of M = H*W values with
@@ -155,41 +219,8 @@ class _InstanceNormBackward(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, u: torch.Tensor | None, uw: torch.Tensor | None, ub: torch.Tensor | None):
         gy, x, mean, rstd, w = ctx.saved_tensors
-        n, c = x.shape[:2]
-        rows, m = n * c, x[0, 0].numel()
-
-        def per_row(v: torch.Tensor | None) -> torch.Tensor | float:  # [C] -> [N*C, 1]
-            return 0.0 if v is None else v.repeat(n).view(rows, 1)
-
-        r = rstd.reshape(rows, 1)
-        gy2 = gy.contiguous().view(rows, m)
-        xh = torch.addcmul(-mean.reshape(rows, 1) * r, x.reshape(rows, m), r)  # x^
-        wr, uwr, ubr = per_row(w), per_row(uw), per_row(ub)
-        s_gy = gy2.sum(1, keepdim=True)
-        s_gyx = torch.linalg.vecdot(gy2, xh).unsqueeze(1)
-        if u is not None:
-            u2 = u.contiguous().view(rows, m)
-            mu_u = u2.sum(1, keepdim=True) / m
-            mu_ux = torch.linalg.vecdot(u2, xh).unsqueeze(1) / m
-            s_gyu = torch.linalg.vecdot(gy2, u2).unsqueeze(1)
-        else:
-            u2, mu_u, mu_ux, s_gyu = None, 0.0, 0.0, 0.0
-        mu_ghx = wr * s_gyx / m  # <g^ x^>
-        wrr = wr * r
-        g_gy = torch.addcmul(ubr - wrr * mu_u, xh, uwr - wrr * mu_ux)
-        if u2 is not None:
-            g_gy.addcmul_(u2, wrr)
-        g_w = (r * (s_gyu - mu_u * s_gy - mu_ux * s_gyx)).view(n, c).sum(0)
-        a1 = uwr - wrr * mu_ux  # G = a1 gy + a2 u
-        a2 = -r * mu_ghx
-        s = wr * (s_gyu - mu_u * s_gy) - m * mu_ux * mu_ghx
-        mean_g = a1 * s_gy / m + a2 * mu_u
-        mean_gx = a1 * s_gyx / m + a2 * mu_ux
-        g_x = torch.addcmul(-r * mean_g, gy2, r * a1)
-        if u2 is not None:
-            g_x.addcmul_(u2, r * a2)
-        g_x.addcmul_(xh, -r * mean_gx - s * r * r / m)
-        return g_gy.view_as(gy), g_x.view_as(x), None, None, g_w, None
+        g_gy, g_x, g_w = _norm_double_backward(gy, x, mean, rstd, w, u, uw, ub)
+        return g_gy, g_x, None, None, g_w, None
 
 
 #: False: InstanceNorm takes the stock op everywhere (the benchmarks' A/B switch, `--norm stock`)
