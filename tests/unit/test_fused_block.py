@@ -102,25 +102,32 @@ def test_unneeded_gradients_are_not_computed(monkeypatch):
 def test_the_convnet_fuses_only_when_asked_and_outside_torch_func():
     spec = ModelSpec("convnet3", 1, 10, 28, width=8)
     net = FlatNet(spec, "cpu")
-    assert net.module.fused_blocks
     theta = torch.cat([p.reshape(-1) for p in net.module.parameters()]).requires_grad_(True)
     x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(3))
-    out = net(theta, x)
+    assert "_BlockBackward" not in _node_names(net(theta, x))  # outside keeping_less: stock
+    with net.keeping_less():
+        assert net.module.fused_blocks
+        out = net(theta, x)
+        grad = torch.func.grad(lambda t: net(t, x).sum())(theta.detach())
+    assert not net.module.fused_blocks
+    assert "_BlockBackward" in _node_names(out)
+    with torch.no_grad():
+        torch.testing.assert_close(net(theta, x), out.detach())
+    # under torch.func the stock modules run (vmap/grad see through them)
+    (ref,) = torch.autograd.grad(net(theta, x).sum(), theta)
+    # float32 summation order only (conv biases before a norm have a zero gradient up to noise)
+    torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+
+
+def _node_names(out):
     names, seen, stack = set(), set(), [out.grad_fn]
-    while stack:  # the graph holds the fused node
+    while stack:
         node = stack.pop()
         if node is not None and node not in seen:
             seen.add(node)
             names.add(type(node).__name__)
             stack += [nxt for nxt, _ in node.next_functions]
-    assert "_BlockBackward" in names
-    with torch.no_grad():
-        torch.testing.assert_close(net(theta, x), out.detach())
-    # under torch.func the stock modules run (vmap/grad see through them)
-    grad = torch.func.grad(lambda t: net(t, x).sum())(theta.detach())
-    (ref,) = torch.autograd.grad(net(theta, x).sum(), theta)
-    # float32 summation order only (conv biases before a norm have a zero gradient up to noise)
-    torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+    return names
 
 
 @pytest.mark.parametrize("segment", [0, 2])
@@ -139,7 +146,14 @@ def test_mtt_matching_gradient_equals_the_stock_network(monkeypatch, segment):
     unroll = Unroll([torch.tensor([0, 1, 2, 3]), torch.tensor([4, 5, 0, 1]),
                      torch.tensor([2, 3, 4, 5])], (0,), None)
     spec_m = MatchSpec(hard_ce)
-    results = []
+    results, fused_calls = [], []
+    real_block = fused_block.conv_block
+
+    def counting_block(*args):
+        fused_calls.append(1)
+        return real_block(*args)
+
+    monkeypatch.setattr(fused_block, "conv_block", counting_block)
     for enabled in (True, False):
         monkeypatch.setattr(fused_block, "ENABLED", enabled)
         syn = Synthetic(images.clone().requires_grad_(True), labels,
@@ -151,6 +165,8 @@ def test_mtt_matching_gradient_equals_the_stock_network(monkeypatch, segment):
             loss = float(loss_t.detach())
             loss_t.backward()
         results.append((loss, syn.images.grad, syn.alpha.grad))
+        assert len(fused_calls) == (3 * 3 if enabled else 0)  # 3 blocks x 3 steps with a graph
+        fused_calls.clear()
     (l1, gx1, ga1), (l2, gx2, ga2) = results
     assert l1 == pytest.approx(l2, rel=1e-12)
     assert gx1.abs().max() > 0

@@ -14,9 +14,10 @@ from .norms import make_norm
 
 
 class ConvNet(nn.Module):
-    #: Set by the unrolled students of trajectory matching (`FlatNet`): every conv -> instance norm
-    #: -> ReLU -> pool block runs as one node with a small saved state (`fused_block`), on CPU
-    #: tensors with gradients outside torch.func transforms; elsewhere the stock modules run.
+    #: Set by the exact unrolls of trajectory matching (`FlatNet.keeping_less`): every conv ->
+    #: instance norm -> ReLU -> pool block runs as one node with a small saved state
+    #: (`fused_block`), on CPU tensors with gradients outside torch.func transforms; elsewhere the
+    #: stock modules run.
     fused_blocks = False
 
     def __init__(self, channels: int, num_classes: int, image_size: int, width: int = 128,

@@ -1,6 +1,6 @@
 """One ConvNet block, conv3x3 -> instance norm -> ReLU -> 2x2 average pool, as a single autograd
 node whose gradient is differentiable again with a small saved state: the memory lever of the
-trajectory-matching unroll (MTT, DATM, DAMED; `ConvNet.fused_blocks`).
+exact trajectory-matching unroll (MTT, DATM, DAMED; `FlatNet.keeping_less`).
 
 **Why.** MTT keeps the graph of every unrolled student step: the forward and the gradient computed
 with `create_graph=True`. Built from stock ops, each block of a step keeps four tensors of the
@@ -20,8 +20,9 @@ and the closed-form second derivatives run over cache-sized slices of images (`C
 
 Measured at the MTT reference setting (`benchmarks/bench_trajectory.py --settings reference
 --threads 2`, whole-graph unroll of 20 steps): peak 3.0-3.1 GB instead of 6.4 GB, and 4-8% more
-time per iteration than the stock modules (the recomputation); TESLA iterations (DATM, DAMED)
-unchanged in time and 20% smaller.
+time per iteration than the stock modules (the recomputation). At the CPU grid's width 32 the
+time costs 5-10% and memory is no issue; TESLA (one step's graph at a time) keeps the stock
+modules, which is where DATM and DAMED run.
 
 **The math.** Forward: z = conv(x, K) + c, y = IN(z; w, b), a = relu(y), p = P(a) with P the 2x2
 mean. Gradient (what `autograd.grad` of a loss asks of the block), given gp = dL/dp:
@@ -137,6 +138,8 @@ CHUNK_BYTES = 4 << 20
 
 def _slices(z: torch.Tensor) -> list[slice]:
     n = z.shape[0]
+    if z.numel() * z.element_size() <= 2 * CHUNK_BYTES:  # small enough as it is
+        return [slice(0, n)]
     per = max(1, CHUNK_BYTES // max(1, z[0].numel() * z.element_size()))
     return [slice(i, min(i + per, n)) for i in range(0, n, per)]
 
