@@ -172,3 +172,16 @@ def test_mtt_matching_gradient_equals_the_stock_network(monkeypatch, segment):
     assert gx1.abs().max() > 0
     torch.testing.assert_close(gx1, gx2, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(ga1, ga2, rtol=1e-9, atol=1e-12)
+
+
+def test_frozen_parameters_with_an_input_that_needs_grad(chunk_bytes):
+    """DAMED's classifier phase: the backbone is frozen and only the images need gradients, to
+    second order."""
+    x, k, c, w, b = (t.detach() for t in _inputs(5, size=8))
+    x.requires_grad_(True)
+    assert gradgradcheck(lambda t: conv_block(t, k, c, w, b, 1, 1e-5), (x,))
+    hess = []
+    for block in (lambda t: conv_block(t, k, c, w, b, 1, 1e-5), lambda t: _stock(t, k, c, w, b, 1)):
+        (gx,) = torch.autograd.grad(block(x).pow(3).sum(), x, create_graph=True)
+        hess.append(torch.autograd.grad(gx.pow(2).sum(), x)[0])
+    torch.testing.assert_close(hess[0], hess[1], rtol=1e-10, atol=1e-10)
