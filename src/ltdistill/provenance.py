@@ -56,10 +56,11 @@ def runtime_description() -> dict:
     """The process-wide runtime policies that change floating-point results (summation order) or
     memory, so two outputs can be compared knowing how they were computed: the training slice
     policy (microbatch.py), whether malloc keeps freed memory (allocator.py), deterministic
-    algorithms, and torch's thread count."""
-    from . import allocator, microbatch
+    algorithms, torch's thread count, and the opt-in autocast / torch.compile (acceleration.py)."""
+    from . import acceleration, allocator, microbatch
 
     return {"micro_batch": microbatch.get_micro_batch(),
+            **acceleration.get_acceleration(),
             "allocator_tuned": allocator.is_tuned(),
             "malloc_tcache_off": allocator.tcache_disabled(),
             "deterministic": torch.are_deterministic_algorithms_enabled(),

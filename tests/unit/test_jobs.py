@@ -29,12 +29,14 @@ def test_training_jobs_get_their_threads_and_policies(tmp_path):
     code = textwrap.dedent(f"""
         from types import SimpleNamespace
         import torch
-        from ltdistill import microbatch
+        from ltdistill import acceleration, microbatch
         from ltdistill.jobs import start
         job = SimpleNamespace(log=[{str(tmp_path / "job.log")!r}], threads=1, rule="evaluate",
-                              wildcards={{}}, config={{"runtime": {{"micro_batch": 8}}}})
+                              wildcards={{}}, config={{"runtime": {{"micro_batch": 8, "amp": "bf16",
+                                                                    "compile": "on"}}}})
         start(job)
-        print(torch.get_num_threads(), microbatch.get_micro_batch())
+        acc = acceleration.get_acceleration()
+        print(torch.get_num_threads(), microbatch.get_micro_batch(), acc["amp"], acc["compile"])
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["1", "8"]
+    assert out.stdout.split() == ["1", "8", "bf16", "on"]

@@ -68,11 +68,13 @@ def test_outputs_exist_and_are_consistent(ran: Path):
     record = json.loads(next((ran / "results/evaluation").rglob("seed0.json")).read_text())
     prov = record["provenance"]
     assert {"git_commit", "versions", "device", "wall_time_s"} <= set(prov)
-    # tiny.yaml's runtime: micro_batch and allocator default to auto, one thread, not deterministic
+    # tiny.yaml's runtime: micro_batch and allocator default to auto, amp and compile to off, one
+    # thread, not deterministic
     # and the Snakefile started the job with glibc's tcache off (allocator.job_environment)
     linux = sys.platform.startswith("linux")
-    assert prov["runtime"] == {"micro_batch": "auto", "allocator_tuned": linux,
-                               "malloc_tcache_off": linux, "deterministic": False, "threads": 1}
+    assert prov["runtime"] == {"micro_batch": "auto", "amp": "off", "compile": "off",
+                               "allocator_tuned": linux, "malloc_tcache_off": linux,
+                               "deterministic": False, "threads": 1}
     assert record["lt_test"] is not None  # tiny config enables the LT test split
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..acceleration import autocast, compiled
 from ..checkpoint import Checkpointer
 from ..checkpoint import disabled as disabled_checkpointer
 from ..microbatch import inference_batch_size, micro_batch_size, sliced_backward
@@ -186,6 +187,7 @@ def train_classifier(
     model = model.to(memory_format=memory_format)
     model.train()
     slice_size = micro_batch_size(model, device)  # cache-sized slices, same gradient
+    forward = compiled(model)  # runtime.compile (acceleration.py); `model` is what is trained
 
     x_all = images.detach().to(device, torch.float32)
     y_all = labels.detach().to(device, torch.long)
@@ -223,7 +225,8 @@ def train_classifier(
                 targets = t_all[idx] if t_all is not None else y_all[idx]
 
                 def loss_on(sl: slice, x=x, targets=targets) -> torch.Tensor:
-                    out = model(x[sl])
+                    with autocast(device):  # runtime.amp: bfloat16 forward on CUDA only
+                        out = forward(x[sl]).float()
                     if t_all is not None:
                         return soft_cross_entropy(out, targets[sl], w)
                     return hard_cross_entropy(out, targets[sl], w)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..acceleration import autocast, compiled
 from ..checkpoint import Checkpointer
 from ..checkpoint import disabled as disabled_checkpointer
 from ..config import ConfigError, from_dict, type_hints
@@ -150,6 +151,7 @@ def train_expert(data: PreparedData, spec: ModelSpec, cfg: ExpertConfig, kind: s
         load_flat_parameters(model, init.to(device))
     model.train()
     slice_size = micro_batch_size(model, device)
+    forward = compiled(model)  # runtime.compile (acceleration.py); `model` is what is trained
     cls_only = cfg.trainable == "classifier"
     classifier_start(model)  # asserts the last two tensors are the classifier
     if cls_only:
@@ -196,7 +198,9 @@ def train_expert(data: PreparedData, spec: ModelSpec, cfg: ExpertConfig, kind: s
             else:
 
                 def loss_on(sl: slice, x=x, y=y) -> torch.Tensor:
-                    return F.cross_entropy(model(x[sl]), y[sl])
+                    with autocast(device):  # runtime.amp: bfloat16 forward on CUDA only
+                        out = forward(x[sl]).float()
+                    return F.cross_entropy(out, y[sl])
 
             n_batch = len(idx)
 
