@@ -50,8 +50,8 @@ class ConvNet(nn.Module):
         f = self.features
         for i in range(0, len(f), 4):
             conv, norm = f[i], f[i + 1]
-            x = fused_block.conv_block(x, conv.weight, conv.bias, norm.weight, norm.bias, conv.padding[0],
-                           norm.eps)
+            x = fused_block.conv_block(x, conv.weight, conv.bias, norm.weight, norm.bias,
+                                       conv.padding[0], norm.eps)
         return x.flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,11 @@ _conv_backward = torch.ops.aten.convolution_backward
 ENABLED = True
 
 
+def _conv(x: torch.Tensor, k: torch.Tensor, c: torch.Tensor | None, pad: int) -> torch.Tensor:
+    """conv2d(x, k, c) with stride 1 and padding `pad`."""
+    return torch.convolution(x, k, c, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1)
+
+
 def _conv_grads(gz: torch.Tensor, x: torch.Tensor, k: torch.Tensor, pad: int,
                 need_x: bool, need_k: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(dL/dx, dL/dK) of z = conv(x, K) (stride 1, padding `pad`) for dL/dz = gz."""
@@ -102,6 +107,7 @@ def _wanted(static: tuple[bool, ...], *tensors: torch.Tensor) -> list[bool]:
 
 
 def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """a + b (into a) where None means zero."""
     if a is None or b is None:
         return b if a is None else a
     return a.add_(b)
@@ -113,7 +119,7 @@ class _Block(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, k: torch.Tensor, c: torch.Tensor, w: torch.Tensor,
                 b: torch.Tensor, pad: int, eps: float) -> torch.Tensor:
-        z = torch.convolution(x, k, c, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1)
+        z = _conv(x, k, c, pad)
         y, mean, rstd = _stats(z, w, b, eps)
         p = _pool2x2(y.relu_())
         ctx.save_for_backward(x, k, c, w, b, z, mean, rstd)
@@ -144,10 +150,6 @@ def _slices(z: torch.Tensor) -> list[slice]:
     return [slice(i, min(i + per, n)) for i in range(0, n, per)]
 
 
-def _accumulate(total: torch.Tensor | None, part: torch.Tensor | None) -> torch.Tensor | None:
-    return part if total is None else total if part is None else total.add_(part)
-
-
 def _gather(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
     return None if parts[0] is None else parts[0] if len(parts) == 1 else torch.cat(parts)
 
@@ -171,11 +173,11 @@ def _grad_grad_slice(gp, x, k, w, b, z, mean, rstd, pad, eps, ux, uk, uc, uw, ub
     # what arrives at gz through gK = conv_weight_grad(x, gz), gc = sum gz, gx = convT(gz, K)
     u_gz = None
     if uk is not None:
-        u_gz = torch.convolution(x, uk, uc, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1)
+        u_gz = _conv(x, uk, uc, pad)
     elif uc is not None:
         u_gz = uc.view(1, -1, 1, 1).expand(z.shape).contiguous()
     if ux is not None:
-        u_x = torch.convolution(ux, k, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1)
+        u_x = _conv(ux, k, None, pad)
         u_gz = u_x if u_gz is None else u_gz.add_(u_x)
         del u_x
     d_gy, d_z, d_w = _norm_double_backward(gy, z, mean, rstd, w, u_gz, uw, ub)
@@ -214,7 +216,7 @@ class _BlockGrad(torch.autograd.Function):
         for s in _slices(z):
             gx, *parts = _grad_slice(gp[s], x[s], k, w, b, z[s], mean[s], rstd[s], pad, eps, need)
             gx_parts.append(gx)
-            sums = [_accumulate(t, p) for t, p in zip(sums, parts, strict=True)]
+            sums = [_add(t, p) for t, p in zip(sums, parts, strict=True)]
         ctx.save_for_backward(gp, x, k, c, w, b, z, mean, rstd)
         ctx.pad, ctx.eps = pad, eps
         ctx.set_materialize_grads(False)
@@ -232,7 +234,7 @@ class _BlockGrad(torch.autograd.Function):
                 None if ux is None else ux[s], uk, uc, uw, ub, need)
             gp_parts.append(d_gp)
             x_parts.append(d_x)
-            sums = [_accumulate(t, p) for t, p in zip(sums, parts, strict=True)]
+            sums = [_add(t, p) for t, p in zip(sums, parts, strict=True)]
         return _gather(gp_parts), _gather(x_parts), *sums, *[None] * 7
 
 
