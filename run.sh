@@ -32,6 +32,10 @@ setup() {
     as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist \
       || echo "could not install dataset-fashion-mnist; set datasets.fashion_mnist.root or download: true" >&2
   fi
+  # the native CPU ConvNet kernels (models/native.py), compiled once per machine type; without a
+  # C++ compiler the jobs use the stock modules
+  "$VENV/bin/python" -m ltdistill.models.native \
+    || echo "native kernels not built: the benchmark runs on the stock modules (slower on CPU)" >&2
 }
 
 cmd=${1:-help}; shift || true

@@ -6,7 +6,9 @@
 What it measures, in one run:
   machine      fp32 matmul GFLOP/s (best of 5, n = 2048), the reference every kernel is judged by;
   kernels      ConvNet-3 training steps (width 32 and 128, 1x28x28, batch 256; contiguous,
-               contiguous in cache-sized slices of 32, channels_last): images/s, achieved GFLOP/s
+               contiguous in cache-sized slices of 32, channels_last; the first two again with
+               the native first-order block kernels of models/native.py, which the workflow's
+               jobs use on CPU): images/s, achieved GFLOP/s
                (FLOPs of forward + backward counted analytically from the layer shapes by torch's
                FlopCounterMode) and the fraction of the matmul peak;
   seeds        three evaluation seeds trained one after another vs as one vmapped model;
@@ -50,13 +52,15 @@ def matmul_gflops(n: int, reps: int = 5) -> float:
 
 
 def convnet_training(width: int, batch: int, steps: int, channels_last: bool,
-                     slice_size: int | None = None) -> dict:
+                     slice_size: int | None = None, native_kernels: str = "off") -> dict:
     """Images/s and GFLOP/s of SGD steps of ConvNet-3 (instance norm) on 1x28x28 inputs; with
-    `slice_size` the batch goes through forward/backward in slices (ltdistill.microbatch)."""
+    `slice_size` the batch goes through forward/backward in slices (ltdistill.microbatch); with
+    `native_kernels` "auto" the first-order block kernels (models/native.py) run. FLOPs are those
+    of the stock modules' operations (the same work whichever kernels do it)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from ltdistill.microbatch import sliced_backward
-    from ltdistill.models import ModelSpec, build_model
+    from ltdistill.models import ModelSpec, build_model, native
 
     model = build_model(ModelSpec("convnet3", 1, 10, 28, width=width), seed=0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -71,17 +75,24 @@ def convnet_training(width: int, batch: int, steps: int, channels_last: bool,
                         batch, slice_size)
         opt.step()
 
+    before = native.get_native_kernels().split(":")[0]
+    native.set_native_kernels("off")  # count the stock operations' FLOPs
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
-    step()
-    t = time.perf_counter()
-    for _ in range(steps):
+    native.set_native_kernels(native_kernels)
+    used = native_kernels != "off" and native.available() and not channels_last
+    try:
         step()
-    dt = (time.perf_counter() - t) / steps
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        dt = (time.perf_counter() - t) / steps
+    finally:
+        native.set_native_kernels(before)
     return {"width": width, "batch": batch, "channels_last": channels_last,
-            "slice": slice_size, "images_per_s": batch / dt, "gflop_per_step": flops / 1e9,
-            "gflops": flops / dt / 1e9}
+            "slice": slice_size, "native": used, "images_per_s": batch / dt,
+            "gflop_per_step": flops / 1e9, "gflops": flops / dt / 1e9}
 
 
 def seed_batching(width: int, n: int, seeds: int, epochs: int) -> list[dict]:
@@ -249,6 +260,8 @@ def markdown(report: dict) -> str:
         layout = "channels_last" if k["channels_last"] else "contiguous"
         if k.get("slice"):
             layout += f", slices of {k['slice']}"
+        if k.get("native"):
+            layout += ", native kernels"
         lines.append(f"| {k['width']} | {k['batch']} | {layout} "
                      f"| {k['images_per_s']:.0f} | {k['gflops']:.1f} | {k['gflops'] / m['matmul_gflops']:.0%} |")
     if report.get("seed_batching"):
@@ -325,6 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = yaml.safe_load(Path(args.config or run_dir / "config/config.yaml").read_text())
     n, steps, widths = (128, 1, [8]) if args.toy else (2048, 20, [32, 128])
     batch = 16 if args.toy else 256
+    sl_ = 8 if args.toy else 32
     report = {
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "run_dir": str(run_dir),
@@ -333,8 +347,10 @@ def main(argv: list[str] | None = None) -> dict:
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "cuda": torch.cuda.is_available(), "matmul_gflops": matmul_gflops(n),
                     "allocator": args.allocator, "allocator_tuned": allocator_tuned},
-        "kernels": [convnet_training(w, batch, steps, cl, sl) for w in widths
-                    for cl, sl in ((False, None), (False, 8 if args.toy else 32), (True, None))],
+        "kernels": [convnet_training(w, batch, steps, cl, sl, nk) for w in widths
+                    for cl, sl, nk in ((False, None, "off"), (False, sl_, "off"),
+                                       (True, None, "off"), (False, None, "auto"),
+                                       (False, sl_, "auto"))],
         "seed_batching": seed_batching(8 if args.toy else 32, 16 if args.toy else 100, 3,
                                        1 if args.toy else 10),
         "pipeline": pipeline_figures(run_dir, config),

@@ -47,11 +47,13 @@ def start(job: Any, uses_torch: bool = True) -> logging.Logger:
 
         from .acceleration import set_acceleration
         from .microbatch import set_micro_batch
+        from .models.native import set_native_kernels
 
         torch.set_num_threads(threads)
         set_deterministic(bool(runtime.get("deterministic", False)))
         set_micro_batch(runtime.get("micro_batch", "auto"))
         set_acceleration(runtime.get("amp", "off"), runtime.get("compile", "off"))
+        set_native_kernels(runtime.get("native_kernels", "auto"))
     else:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     tune_allocator(runtime.get("allocator", "auto"))

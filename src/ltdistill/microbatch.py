@@ -23,6 +23,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .models.native import first_order
+
 AUTO_CPU_SLICE = 32
 _policy: str | int = "auto"
 
@@ -69,6 +71,12 @@ def sliced_backward(loss_fn: Callable[[slice], torch.Tensor], n: int,
     summation order). Returns the detached full-batch mean loss."""
     if n < 1:
         raise ValueError(f"need at least one sample, got n={n}")
+    with first_order():  # a plain .backward(): the native first-order kernels may run
+        return _sliced_backward(loss_fn, n, size)
+
+
+def _sliced_backward(loss_fn: Callable[[slice], torch.Tensor], n: int,
+                     size: int | None) -> torch.Tensor:
     if size is None or size >= n:
         loss = loss_fn(slice(0, n))
         loss.backward()
@@ -98,6 +106,12 @@ def sliced_grad(loss_fn: Callable[[slice], torch.Tensor], n: int, size: int | No
     matching). `loss_fn(sl)` returns the MEAN loss of the samples `sl`."""
     if n < 1:
         raise ValueError(f"need at least one sample, got n={n}")
+    with first_order():  # no graph of the gradient: the native first-order kernels may run
+        return _sliced_grad(loss_fn, n, size, params)
+
+
+def _sliced_grad(loss_fn: Callable[[slice], torch.Tensor], n: int, size: int | None,
+                 params: list[torch.Tensor]) -> list[torch.Tensor]:
     if size is None or size >= n:
         return [g.detach() for g in torch.autograd.grad(loss_fn(slice(0, n)), params)]
     total: list[torch.Tensor] | None = None

@@ -56,11 +56,14 @@ def runtime_description() -> dict:
     """The process-wide runtime policies that change floating-point results (summation order) or
     memory, so two outputs can be compared knowing how they were computed: the training slice
     policy (microbatch.py), whether malloc keeps freed memory (allocator.py), deterministic
-    algorithms, torch's thread count, and the opt-in autocast / torch.compile (acceleration.py)."""
+    algorithms, torch's thread count, the opt-in autocast / torch.compile (acceleration.py) and
+    whether the native ConvNet block kernels ran (models/native.py)."""
     from . import acceleration, allocator, microbatch
+    from .models import native
 
     return {"micro_batch": microbatch.get_micro_batch(),
             **acceleration.get_acceleration(),
+            "native_kernels": native.get_native_kernels(),
             "allocator_tuned": allocator.is_tuned(),
             "malloc_tcache_off": allocator.tcache_disabled(),
             "deterministic": torch.are_deterministic_algorithms_enabled(),

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch._C._functorch import is_functorch_wrapped_tensor
 
-from . import MODELS, ModelSpec, fused_block
+from . import MODELS, ModelSpec, fused_block, native
 from .fast_ops import AvgPool2x2, InstanceNorm
 from .norms import make_norm
 
@@ -44,7 +44,26 @@ class ConvNet(nn.Module):
         wrapped = is_functorch_wrapped_tensor(x) or is_functorch_wrapped_tensor(conv.weight)
         return not wrapped and (x.requires_grad or conv.weight.requires_grad)
 
+    def _native(self, x: torch.Tensor) -> bool:
+        """First-order training and gradient-free passes on CPU: `native` kernels per block."""
+        return (isinstance(self.features[1], InstanceNorm) and not self.fused_blocks
+                and native.usable(x, self.features[0].weight))
+
+    def _native_embed(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features
+        for i in range(0, len(f), 4):
+            conv, norm = f[i], f[i + 1]
+            pad = conv.padding[0]
+            if conv.in_channels <= native.DIRECT_CONV_CHANNELS and not x.requires_grad:
+                x = native.conv_norm_relu_pool(x, conv.weight, conv.bias, norm.weight, norm.bias,
+                                               pad, norm.eps)
+            else:
+                x = native.norm_relu_pool(conv(x), norm.weight, norm.bias, norm.eps)
+        return x.flatten(1)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self._native(x):
+            return self._native_embed(x)
         if not self._fusable(x):
             return self.features(x).flatten(1)
         f = self.features

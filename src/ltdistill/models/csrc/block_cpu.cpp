@@ -1,0 +1,433 @@
+// First-order CPU kernels of the ConvNet block "instance norm -> ReLU -> 2x2 average pool"
+// (`nrp_*`), and of the whole block "conv -> instance norm -> ReLU -> pool" for inputs with few
+// channels (`cnrp_*`: the first block, 1 or 3 input channels). Each kernel works one (image,
+// channel) plane at a time while the plane sits in L1/L2: the stock ops make a dozen passes over
+// activation-sized tensors in memory, these make one (forward: read z, write the pooled output;
+// backward: read z and the pooled gradient, write dz). The whole-block kernels never write the
+// conv output at all: the forward recomputes nothing it does not need and the backward
+// recomputes the conv output from the (small) input plane, so the first block's 33 MB
+// intermediates at width 32 x batch 256 never leave cache.
+//
+// Only first-order: there is no double backward (ltdistill/models/native.py uses them inside
+// first-order training and inference only). Deterministic: every reduction runs in a fixed order
+// (per-plane partial sums, then a sequential sum over the images), independent of the thread count.
+//
+// Numerics: y = a * z + b with a = gamma * rstd, b = beta - mean * a (the same expression in the
+// forward and the backward, so the ReLU mask is consistent); biased variance by two passes over
+// the plane; the pooled output is 0.25 * (sum of the 2x2 block), trailing odd rows/columns
+// dropped (floor mode), as ltdistill's AvgPool2x2.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+template <typename T>
+struct Stats {
+  T mean, rstd;
+};
+
+template <typename T>
+Stats<T> plane_stats(const T* z, int64_t m, double eps) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < m; ++i) s += z[i];
+  const T mean = s / static_cast<T>(m);
+  T v = 0;
+#pragma omp simd reduction(+ : v)
+  for (int64_t i = 0; i < m; ++i) {
+    const T d = z[i] - mean;
+    v += d * d;
+  }
+  const T var = v / static_cast<T>(m);
+  return {mean, static_cast<T>(1) / std::sqrt(var + static_cast<T>(eps))};
+}
+
+// p (ph x pw) = 0.25 * 2x2 sums of relu(a * z + b) over z (h x w); `row` holds 2 * pw values.
+template <typename T>
+void plane_forward(const T* z, int64_t w, int64_t ph, int64_t pw, T a, T b, T* p, T* row) {
+  const int64_t w2 = 2 * pw;
+  for (int64_t i = 0; i < ph; ++i) {
+    const T* z0 = z + (2 * i) * w;
+    const T* z1 = z0 + w;
+#pragma omp simd
+    for (int64_t j = 0; j < w2; ++j) {
+      const T y0 = std::max(a * z0[j] + b, static_cast<T>(0));
+      const T y1 = std::max(a * z1[j] + b, static_cast<T>(0));
+      row[j] = y0 + y1;
+    }
+    T* out = p + i * pw;
+    for (int64_t j = 0; j < pw; ++j) out[j] = static_cast<T>(0.25) * (row[2 * j] + row[2 * j + 1]);
+  }
+}
+
+// g (h x w) = the gradient reaching the norm's output: dp / 4 spread over each 2x2 block, zero on
+// the dropped rows/columns, masked by the ReLU (a * z + b > 0). Returns (sum g, sum g * z).
+template <typename T>
+std::pair<T, T> plane_relu_pool_grad(const T* z, const T* dp, int64_t h, int64_t w, int64_t ph,
+                                     int64_t pw, T a, T b, T* g, T* row) {
+  T sg = 0, sgz = 0;
+  for (int64_t i = 0; i < h; ++i) {
+    T* gi = g + i * w;
+    const T* zi = z + i * w;
+    if (i >= 2 * ph) {
+      std::fill(gi, gi + w, static_cast<T>(0));
+      continue;
+    }
+    const T* d = dp + (i / 2) * pw;
+    for (int64_t j = 0; j < pw; ++j) row[2 * j] = row[2 * j + 1] = static_cast<T>(0.25) * d[j];
+    for (int64_t j = 2 * pw; j < w; ++j) row[j] = 0;
+#pragma omp simd reduction(+ : sg, sgz)
+    for (int64_t j = 0; j < w; ++j) {
+      const T v = (a * zi[j] + b > static_cast<T>(0)) ? row[j] : static_cast<T>(0);
+      gi[j] = v;
+      sg += v;
+      sgz += v * zi[j];
+    }
+  }
+  return {sg, sgz};
+}
+
+// The instance norm's backward from g in place: dz = a * g + k1 * z + k0 (see the header of
+// native.py for the algebra). Writes this plane's d gamma and d beta partial sums.
+template <typename T>
+void plane_norm_grad(const T* z, T* g, int64_t m, Stats<T> st, T gamma, T sg, T sgz, T* dgamma,
+                     T* dbeta) {
+  const T a = gamma * st.rstd;
+  const T sgx = st.rstd * (sgz - st.mean * sg);  // sum g * xhat
+  const T inv_m = static_cast<T>(1) / static_cast<T>(m);
+  const T k1 = -a * st.rstd * sgx * inv_m;
+  const T k0 = -a * sg * inv_m - k1 * st.mean;
+#pragma omp simd
+  for (int64_t i = 0; i < m; ++i) g[i] = a * g[i] + k1 * z[i] + k0;
+  *dgamma = sgx;
+  *dbeta = sg;
+}
+
+// Sum rows of an (n x k) partial-sum buffer into out (k), in a fixed order.
+template <typename T>
+void sum_rows(const T* part, int64_t n, int64_t k, T* out) {
+  for (int64_t j = 0; j < k; ++j) out[j] = 0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < k; ++j) out[j] += part[i * k + j];
+}
+
+void check_planes(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.dim() == 4, name, " must be N x C x H x W, got ", t.dim(), " dimensions");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
+              " must be float32 or float64");
+}
+
+// ------------------------------------------------------------------ norm -> ReLU -> pool
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_forward(const at::Tensor& z_in,
+                                                           const at::Tensor& gamma_in,
+                                                           const at::Tensor& beta_in,
+                                                           double eps) {
+  check_planes(z_in, "z");
+  auto z = z_in.contiguous();
+  auto gamma = gamma_in.contiguous().to(z.scalar_type());
+  auto beta = beta_in.contiguous().to(z.scalar_type());
+  const int64_t n = z.size(0), c = z.size(1), h = z.size(2), w = z.size(3);
+  const int64_t ph = h / 2, pw = w / 2;
+  auto p = at::empty({n, c, ph, pw}, z.options());
+  auto mean = at::empty({n, c}, z.options());
+  auto rstd = at::empty({n, c}, z.options());
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "nrp_forward", [&] {
+    const scalar_t* zp = z.data_ptr<scalar_t>();
+    const scalar_t* gp = gamma.data_ptr<scalar_t>();
+    const scalar_t* bp = beta.data_ptr<scalar_t>();
+    scalar_t* pp = p.data_ptr<scalar_t>();
+    scalar_t* mp = mean.data_ptr<scalar_t>();
+    scalar_t* rp = rstd.data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, h * w));
+    at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> row(std::max<int64_t>(w, 1));
+      for (int64_t q = begin; q < end; ++q) {
+        const scalar_t* zq = zp + q * h * w;
+        auto st = plane_stats(zq, h * w, eps);
+        const scalar_t a = gp[q % c] * st.rstd;
+        const scalar_t b = bp[q % c] - st.mean * a;
+        plane_forward(zq, w, ph, pw, a, b, pp + q * ph * pw, row.data());
+        mp[q] = st.mean;
+        rp[q] = st.rstd;
+      }
+    });
+  });
+  return {p, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_backward(
+    const at::Tensor& dp_in, const at::Tensor& z_in, const at::Tensor& gamma_in,
+    const at::Tensor& beta_in, const at::Tensor& mean_in, const at::Tensor& rstd_in) {
+  check_planes(z_in, "z");
+  auto z = z_in.contiguous();
+  auto dp = dp_in.contiguous().to(z.scalar_type());
+  auto gamma = gamma_in.contiguous().to(z.scalar_type());
+  auto beta = beta_in.contiguous().to(z.scalar_type());
+  auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  const int64_t n = z.size(0), c = z.size(1), h = z.size(2), w = z.size(3);
+  const int64_t ph = h / 2, pw = w / 2;
+  TORCH_CHECK(dp.size(0) == n && dp.size(1) == c && dp.size(2) == ph && dp.size(3) == pw,
+              "the pooled gradient's shape does not match the block's output");
+  auto dz = at::empty_like(z);
+  auto part = at::empty({n, 2, c}, z.options());  // [image][dgamma | dbeta][channel]
+  auto dgamma = at::empty({c}, z.options());
+  auto dbeta = at::empty({c}, z.options());
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "nrp_backward", [&] {
+    const scalar_t* zp = z.data_ptr<scalar_t>();
+    const scalar_t* dpp = dp.data_ptr<scalar_t>();
+    const scalar_t* gp = gamma.data_ptr<scalar_t>();
+    const scalar_t* bp = beta.data_ptr<scalar_t>();
+    const scalar_t* mp = mean.data_ptr<scalar_t>();
+    const scalar_t* rp = rstd.data_ptr<scalar_t>();
+    scalar_t* dzp = dz.data_ptr<scalar_t>();
+    scalar_t* pa = part.data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, h * w));
+    at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> row(std::max<int64_t>(w, 1));
+      for (int64_t q = begin; q < end; ++q) {
+        const int64_t img = q / c, ch = q % c;
+        const scalar_t* zq = zp + q * h * w;
+        scalar_t* g = dzp + q * h * w;
+        Stats<scalar_t> st{mp[q], rp[q]};
+        const scalar_t a = gp[ch] * st.rstd;
+        const scalar_t b = bp[ch] - st.mean * a;
+        auto [sg, sgz] = plane_relu_pool_grad(zq, dpp + q * ph * pw, h, w, ph, pw, a, b, g,
+                                              row.data());
+        plane_norm_grad(zq, g, h * w, st, gp[ch], sg, sgz, pa + img * 2 * c + ch,
+                        pa + img * 2 * c + c + ch);
+      }
+    });
+    std::vector<scalar_t> total(2 * c);
+    sum_rows(pa, n, 2 * c, total.data());
+    std::copy(total.begin(), total.begin() + c, dgamma.data_ptr<scalar_t>());
+    std::copy(total.begin() + c, total.end(), dbeta.data_ptr<scalar_t>());
+  });
+  return {dz, dgamma, dbeta};
+}
+
+// ------------------------------------------------------- conv -> norm -> ReLU -> pool
+
+// One image's input, zero-padded: (cin, h + 2 pad, w + 2 pad).
+template <typename T>
+void pad_image(const T* x, int64_t cin, int64_t h, int64_t w, int64_t pad, T* out) {
+  const int64_t hp = h + 2 * pad, wp = w + 2 * pad;
+  std::fill(out, out + cin * hp * wp, static_cast<T>(0));
+  for (int64_t ci = 0; ci < cin; ++ci)
+    for (int64_t i = 0; i < h; ++i)
+      std::copy(x + (ci * h + i) * w, x + (ci * h + i + 1) * w,
+                out + (ci * hp + i + pad) * wp + pad);
+}
+
+// z (ho x wo) = bias + sum over input channels and taps of weight * shifted padded input, one
+// output row at a time (the row stays in registers/L1 across the taps).
+template <typename T>
+void plane_conv(const T* __restrict xp, int64_t cin, int64_t hp, int64_t wp,
+                const T* __restrict wc, T bias, int64_t k, int64_t ho, int64_t wo,
+                T* __restrict z) {
+  for (int64_t i = 0; i < ho; ++i) {
+    T* __restrict dst = z + i * wo;
+#pragma omp simd
+    for (int64_t j = 0; j < wo; ++j) dst[j] = bias;
+    for (int64_t ci = 0; ci < cin; ++ci)
+      for (int64_t kh = 0; kh < k; ++kh) {
+        const T* __restrict src = xp + (ci * hp + i + kh) * wp;
+        const T* __restrict wr = wc + (ci * k + kh) * k;
+        for (int64_t kw = 0; kw < k; ++kw) {
+          const T wv = wr[kw];
+#pragma omp simd
+          for (int64_t j = 0; j < wo; ++j) dst[j] += wv * src[j + kw];
+        }
+      }
+  }
+}
+
+struct ConvShape {
+  int64_t n, cin, h, w, c, k, pad, hp, wp, ho, wo, ph, pw;
+};
+
+// The conv's weight and bias gradients of one (image, channel) plane from its dz: the
+// correlation of dz with each shifted input plane, and the sum of dz (out: taps, then bias).
+// Accumulates whole rows per tap in `acc` (taps x wo) and reduces each once at the end.
+template <typename T>
+void plane_conv_grad(const T* __restrict xp, const T* __restrict dz, const ConvShape& s,
+                     T* __restrict acc, T* __restrict out) {
+  const int64_t taps = s.cin * s.k * s.k, wo = s.wo;
+  std::fill(acc, acc + (taps + 1) * wo, static_cast<T>(0));
+  T* __restrict accb = acc + taps * wo;
+  for (int64_t i = 0; i < s.ho; ++i) {
+    const T* __restrict gi = dz + i * wo;
+#pragma omp simd
+    for (int64_t j = 0; j < wo; ++j) accb[j] += gi[j];
+    for (int64_t ci = 0; ci < s.cin; ++ci)
+      for (int64_t kh = 0; kh < s.k; ++kh) {
+        const T* __restrict src = xp + (ci * s.hp + i + kh) * s.wp;
+        for (int64_t kw = 0; kw < s.k; ++kw) {
+          T* __restrict a = acc + ((ci * s.k + kh) * s.k + kw) * wo;
+#pragma omp simd
+          for (int64_t j = 0; j < wo; ++j) a[j] += gi[j] * src[j + kw];
+        }
+      }
+  }
+  for (int64_t t = 0; t <= taps; ++t) {
+    T v = 0;
+    const T* __restrict a = acc + t * wo;
+#pragma omp simd reduction(+ : v)
+    for (int64_t j = 0; j < wo; ++j) v += a[j];
+    out[t] = v;
+  }
+}
+
+ConvShape conv_shape(const at::Tensor& x, const at::Tensor& weight, int64_t pad) {
+  check_planes(x, "x");
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x.size(1) && weight.size(2) == weight.size(3),
+              "weight must be C_out x C_in x k x k with C_in = the input's channels");
+  ConvShape s{};
+  s.n = x.size(0), s.cin = x.size(1), s.h = x.size(2), s.w = x.size(3);
+  s.c = weight.size(0), s.k = weight.size(2), s.pad = pad;
+  s.hp = s.h + 2 * pad, s.wp = s.w + 2 * pad;
+  s.ho = s.hp - s.k + 1, s.wo = s.wp - s.k + 1;
+  TORCH_CHECK(s.ho > 0 && s.wo > 0, "the kernel is larger than the padded input");
+  s.ph = s.ho / 2, s.pw = s.wo / 2;
+  return s;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cnrp_forward(
+    const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
+    const at::Tensor& gamma_in, const at::Tensor& beta_in, int64_t pad, double eps) {
+  auto x = x_in.contiguous();
+  const auto s = conv_shape(x, weight_in, pad);
+  auto opt = x.options();
+  auto weight = weight_in.contiguous().to(x.scalar_type());
+  auto bias = bias_in.contiguous().to(x.scalar_type());
+  auto gamma = gamma_in.contiguous().to(x.scalar_type());
+  auto beta = beta_in.contiguous().to(x.scalar_type());
+  auto p = at::empty({s.n, s.c, s.ph, s.pw}, opt);
+  auto mean = at::empty({s.n, s.c}, opt);
+  auto rstd = at::empty({s.n, s.c}, opt);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnrp_forward", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wt = weight.data_ptr<scalar_t>();
+    const scalar_t* bs = bias.data_ptr<scalar_t>();
+    const scalar_t* gp = gamma.data_ptr<scalar_t>();
+    const scalar_t* bp = beta.data_ptr<scalar_t>();
+    scalar_t* pp = p.data_ptr<scalar_t>();
+    scalar_t* mp = mean.data_ptr<scalar_t>();
+    scalar_t* rp = rstd.data_ptr<scalar_t>();
+    at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> xpad(s.cin * s.hp * s.wp), z(s.ho * s.wo), row(s.wo);
+      for (int64_t img = begin; img < end; ++img) {
+        pad_image(xp + img * s.cin * s.h * s.w, s.cin, s.h, s.w, s.pad, xpad.data());
+        for (int64_t ch = 0; ch < s.c; ++ch) {
+          plane_conv(xpad.data(), s.cin, s.hp, s.wp, wt + ch * s.cin * s.k * s.k, bs[ch], s.k,
+                     s.ho, s.wo, z.data());
+          auto st = plane_stats(z.data(), s.ho * s.wo, eps);
+          const scalar_t a = gp[ch] * st.rstd;
+          const scalar_t b = bp[ch] - st.mean * a;
+          const int64_t q = img * s.c + ch;
+          plane_forward(z.data(), s.wo, s.ph, s.pw, a, b, pp + q * s.ph * s.pw, row.data());
+          mp[q] = st.mean;
+          rp[q] = st.rstd;
+        }
+      }
+    });
+  });
+  return {p, mean, rstd};
+}
+
+// Gradients of the weight, bias, gamma and beta (the input's is not formed: the first block's
+// input is data).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cnrp_backward(
+    const at::Tensor& dp_in, const at::Tensor& x_in, const at::Tensor& weight_in,
+    const at::Tensor& bias_in, const at::Tensor& gamma_in, const at::Tensor& beta_in,
+    const at::Tensor& mean_in, const at::Tensor& rstd_in, int64_t pad) {
+  auto x = x_in.contiguous();
+  const auto s = conv_shape(x, weight_in, pad);
+  auto opt = x.options();
+  auto dp = dp_in.contiguous().to(x.scalar_type());
+  TORCH_CHECK(dp.size(0) == s.n && dp.size(1) == s.c && dp.size(2) == s.ph && dp.size(3) == s.pw,
+              "the pooled gradient's shape does not match the block's output");
+  auto weight = weight_in.contiguous().to(x.scalar_type());
+  auto bias = bias_in.contiguous().to(x.scalar_type());
+  auto gamma = gamma_in.contiguous().to(x.scalar_type());
+  auto beta = beta_in.contiguous().to(x.scalar_type());
+  auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  const int64_t taps = s.cin * s.k * s.k;
+  const int64_t per = s.c * (taps + 3);  // [dw taps | db | dgamma | dbeta] per channel
+  auto part = at::empty({s.n, per}, opt);
+  auto dweight = at::empty({s.c, s.cin, s.k, s.k}, opt);
+  auto dbias = at::empty({s.c}, opt);
+  auto dgamma = at::empty({s.c}, opt);
+  auto dbeta = at::empty({s.c}, opt);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnrp_backward", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* dpp = dp.data_ptr<scalar_t>();
+    const scalar_t* wt = weight.data_ptr<scalar_t>();
+    const scalar_t* bs = bias.data_ptr<scalar_t>();
+    const scalar_t* gp = gamma.data_ptr<scalar_t>();
+    const scalar_t* bp = beta.data_ptr<scalar_t>();
+    const scalar_t* mp = mean.data_ptr<scalar_t>();
+    const scalar_t* rp = rstd.data_ptr<scalar_t>();
+    scalar_t* pa = part.data_ptr<scalar_t>();
+    const int64_t m = s.ho * s.wo;
+    at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> xpad(s.cin * s.hp * s.wp), z(m), g(m), row(s.wo),
+          acc((taps + 1) * s.wo);
+      for (int64_t img = begin; img < end; ++img) {
+        pad_image(xp + img * s.cin * s.h * s.w, s.cin, s.h, s.w, s.pad, xpad.data());
+        for (int64_t ch = 0; ch < s.c; ++ch) {
+          const int64_t q = img * s.c + ch;
+          plane_conv(xpad.data(), s.cin, s.hp, s.wp, wt + ch * taps, bs[ch], s.k, s.ho, s.wo,
+                     z.data());
+          Stats<scalar_t> st{mp[q], rp[q]};
+          const scalar_t a = gp[ch] * st.rstd;
+          const scalar_t b = bp[ch] - st.mean * a;
+          auto [sg, sgz] = plane_relu_pool_grad(z.data(), dpp + q * s.ph * s.pw, s.ho, s.wo,
+                                                s.ph, s.pw, a, b, g.data(), row.data());
+          scalar_t* out = pa + img * per + ch * (taps + 3);
+          plane_norm_grad(z.data(), g.data(), m, st, gp[ch], sg, sgz, out + taps + 1,
+                          out + taps + 2);
+          // g now holds dz: the conv's weight gradient is its correlation with the input.
+          plane_conv_grad(xpad.data(), g.data(), s, acc.data(), out);
+        }
+      }
+    });
+    std::vector<scalar_t> total(per);
+    sum_rows(pa, s.n, per, total.data());
+    scalar_t* dw = dweight.data_ptr<scalar_t>();
+    for (int64_t ch = 0; ch < s.c; ++ch) {
+      const scalar_t* t = total.data() + ch * (taps + 3);
+      std::copy(t, t + taps, dw + ch * taps);
+      dbias.data_ptr<scalar_t>()[ch] = t[taps];
+      dgamma.data_ptr<scalar_t>()[ch] = t[taps + 1];
+      dbeta.data_ptr<scalar_t>()[ch] = t[taps + 2];
+    }
+  });
+  return {dweight, dbias, dgamma, dbeta};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(ltdistill_native, m) {
+  m.def("nrp_forward(Tensor z, Tensor gamma, Tensor beta, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("nrp_backward(Tensor dp, Tensor z, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("cnrp_forward(Tensor x, Tensor weight, Tensor bias, Tensor gamma, Tensor beta, int pad,"
+        " float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("cnrp_backward(Tensor dp, Tensor x, Tensor weight, Tensor bias, Tensor gamma,"
+        " Tensor beta, Tensor mean, Tensor rstd, int pad) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(ltdistill_native, CPU, m) {
+  m.impl("nrp_forward", nrp_forward);
+  m.impl("nrp_backward", nrp_backward);
+  m.impl("cnrp_forward", cnrp_forward);
+  m.impl("cnrp_backward", cnrp_backward);
+}
