@@ -13,7 +13,8 @@ ConvNets of distillation (GroupNorm(C, C)) and norm-free models slice safely. On
 adds kernel launches, so `auto` never slices there.
 
 `runtime.micro_batch` sets the process-wide policy (jobs.start): "auto" (default: AUTO_CPU_SLICE on
-CPU for safe models, off otherwise), 0 (off), or a positive slice size (still only for safe models).
+CPU for safe models, except ConvNets whose blocks run as the native kernels of models/native.py,
+which keep their intermediates in cache without it; off otherwise), 0 (off), or a positive slice size (still only for safe models).
 """
 
 from __future__ import annotations
@@ -58,8 +59,19 @@ def micro_batch_size(model: nn.Module, device: torch.device | str,
     if policy == 0 or not slices_safely(model):
         return None
     if policy == "auto":
-        return AUTO_CPU_SLICE if torch.device(device).type == "cpu" else None
+        if torch.device(device).type != "cpu" or _runs_native_blocks(model):
+            return None
+        return AUTO_CPU_SLICE
     return int(policy)
+
+
+def _runs_native_blocks(model: nn.Module) -> bool:
+    """A ConvNet whose blocks run as the native kernels (models/native.py) keeps each block's
+    intermediates in cache by itself; slicing its batch only adds calls (width 32, batch 256:
+    8,391 images/s whole against 7,268 in slices of 32 on 2 threads, 4,500-4,700 against
+    4,370-4,430 on 1; docs/performance.md)."""
+    check = getattr(model, "native_blocks", None)
+    return bool(callable(check) and check())
 
 
 def sliced_backward(loss_fn: Callable[[slice], torch.Tensor], n: int,

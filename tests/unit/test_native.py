@@ -36,7 +36,9 @@ def _leaf(*shape, g):
     return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
 
 
-@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 9, 7), (2, 5, 32, 32), (1, 2, 2, 2)])
+# widths 8/16/32/64 take the kernels' compile-time-width paths, the others the general one
+@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 16, 16), (2, 5, 32, 32), (1, 2, 64, 64),
+                                   (2, 3, 9, 7), (1, 2, 2, 2), (2, 2, 6, 10)])
 def test_norm_relu_pool_equals_stock_modules(shape):
     g = torch.Generator().manual_seed(0)
     z, gamma, beta = _leaf(*shape, g=g), _leaf(shape[1], g=g), _leaf(shape[1], g=g)
@@ -52,7 +54,8 @@ def test_norm_relu_pool_equals_stock_modules(shape):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
 
 
-@pytest.mark.parametrize("cin,pad,size", [(1, 3, 28), (3, 1, 32), (2, 2, 9)])
+@pytest.mark.parametrize("cin,pad,size", [(1, 3, 28), (3, 1, 32), (1, 1, 64), (2, 2, 9),
+                                          (1, 0, 12)])
 def test_conv_norm_relu_pool_equals_stock_modules(cin, pad, size):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, cin, size, size, generator=g, dtype=torch.float64)
@@ -191,3 +194,19 @@ def test_policy_errors_name_the_choices_and_the_fix(tmp_path, monkeypatch, caplo
         native._state.clear()
         native._state.update(saved)
     assert not list(tmp_path.rglob("*.so"))  # a failed build leaves nothing behind
+
+
+def test_non_finite_values_propagate_like_the_stock_modules():
+    """Divergence checks (a DM run whose pixels overflow) rely on NaN reaching the loss: the
+    kernels' ReLU must not turn NaN into 0."""
+    z = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    z[0, 1, 2, 3] = float("inf")
+    gamma, beta = torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    out, ref = native.norm_relu_pool(z, gamma, beta, 1e-5), _stock_block(z, gamma, beta)
+    assert torch.equal(out.isnan(), ref.isnan()) and out[0, 1].isnan().all()
+    assert torch.isfinite(out[1]).all() and torch.isfinite(out[0, 0]).all()
+    # values whose squares overflow float32: NaN (torch's norm), not a silently finite output
+    big = torch.randn(2, 3, 8, 8) * 1e30
+    out = native.norm_relu_pool(big, gamma.float(), beta.float(), 1e-5)
+    assert torch.equal(out.isnan(), _stock_block(big, gamma.float(), beta.float()).isnan())
+    assert out.isnan().all()

@@ -23,6 +23,7 @@ from torch import nn
 from ..data.augment import DSAParams, siamese_seed_for
 from ..io import ImageSet
 from ..microbatch import inference_batch_size, sliced_forward, slices_safely
+from ..models.native import first_order
 from ..progress import Progress
 from ..seeding import generator
 from .base import DistillContext, register_method
@@ -129,11 +130,12 @@ def dm(ctx: DistillContext, cfg: DMConfig) -> ImageSet:
         for p in net.parameters():
             p.requires_grad_(False)
         seeds = [siamese_seed_for(ctx.seed, it, c) for c in range(C)] if params is not None else None
-        loss = dm_loss(net, syn, bounds, real.all_classes(cfg.batch_real), seeds, params,
-                       cfg.batched, mf)
-        losses.append(check_finite(loss, method, it) / C)  # per class
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with first_order():  # a plain backward to the images: native block kernels on CPU
+            loss = dm_loss(net, syn, bounds, real.all_classes(cfg.batch_real), seeds, params,
+                           cfg.batched, mf)
+            loss.backward()
+        losses.append(check_finite(loss, method, it) / C)  # per class
         opt.step()
         progress.step(loss=losses[-1])
         ckpt.step(it + 1)

@@ -44,6 +44,10 @@ class ConvNet(nn.Module):
         wrapped = is_functorch_wrapped_tensor(x) or is_functorch_wrapped_tensor(conv.weight)
         return not wrapped and (x.requires_grad or conv.weight.requires_grad)
 
+    def native_blocks(self) -> bool:
+        """Whether first-order training of this network on CPU runs the `native` kernels."""
+        return isinstance(self.features[1], InstanceNorm) and native.available()
+
     def _native(self, x: torch.Tensor) -> bool:
         """First-order training and gradient-free passes on CPU: `native` kernels per block."""
         return (isinstance(self.features[1], InstanceNorm) and not self.fused_blocks

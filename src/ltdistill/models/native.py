@@ -105,13 +105,14 @@ def _compiler() -> str:
 
 
 def _flags() -> list[str]:
-    from torch.utils import cpp_extension
-
+    # torch's own headers and libraries (what torch.utils.cpp_extension would pass, without
+    # importing it: that module probes for CUDA and warns on every CPU-only machine)
+    root = Path(torch.__file__).parent
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     flags = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++20",
              f"-D_GLIBCXX_USE_CXX11_ABI={abi}"]
-    flags += [f"-I{p}" for p in cpp_extension.include_paths()]
-    lib = cpp_extension.library_paths()[0]
+    flags += [f"-I{root / 'include'}", f"-I{root / 'include/torch/csrc/api/include'}"]
+    lib = root / "lib"
     return flags + [f"-L{lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{lib}"]
 
 

@@ -22,7 +22,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -44,21 +46,29 @@ Stats<T> plane_stats(const T* z, int64_t m, double eps) {
     const T d = z[i] - mean;
     v += d * d;
   }
-  const T var = v / static_cast<T>(m);
+  T var = v / static_cast<T>(m);
+  // squares beyond the float range: torch's norm gives NaN here (E[z^2] - mean^2 = inf - inf),
+  // and divergence checks rely on it; 1 / sqrt(inf) = 0 would hide the overflow instead
+  if (!std::isfinite(var)) var = std::numeric_limits<T>::quiet_NaN();
   return {mean, static_cast<T>(1) / std::sqrt(var + static_cast<T>(eps))};
 }
 
 // p (ph x pw) = 0.25 * 2x2 sums of relu(a * z + b) over z (h x w); `row` holds 2 * pw values.
-template <typename T>
-void plane_forward(const T* z, int64_t w, int64_t ph, int64_t pw, T a, T b, T* p, T* row) {
+// W > 0: the plane's width as a compile-time constant (w, pw ignored), which lets the compiler
+// unroll and vectorise the rows fully; W = 0: any width.
+template <typename T, int W = 0>
+void plane_forward(const T* __restrict z, int64_t w_, int64_t ph, int64_t pw_, T a, T b,
+                   T* __restrict p, T* __restrict row) {
+  const int64_t w = W ? W : w_, pw = W ? W / 2 : pw_;
   const int64_t w2 = 2 * pw;
   for (int64_t i = 0; i < ph; ++i) {
     const T* z0 = z + (2 * i) * w;
     const T* z1 = z0 + w;
 #pragma omp simd
     for (int64_t j = 0; j < w2; ++j) {
-      const T y0 = std::max(a * z0[j] + b, static_cast<T>(0));
-      const T y1 = std::max(a * z1[j] + b, static_cast<T>(0));
+      const T v0 = a * z0[j] + b, v1 = a * z1[j] + b;
+      const T y0 = v0 < static_cast<T>(0) ? static_cast<T>(0) : v0;  // NaN stays NaN, as torch's
+      const T y1 = v1 < static_cast<T>(0) ? static_cast<T>(0) : v1;  // ReLU (divergence checks)
       row[j] = y0 + y1;
     }
     T* out = p + i * pw;
@@ -68,9 +78,11 @@ void plane_forward(const T* z, int64_t w, int64_t ph, int64_t pw, T a, T b, T* p
 
 // g (h x w) = the gradient reaching the norm's output: dp / 4 spread over each 2x2 block, zero on
 // the dropped rows/columns, masked by the ReLU (a * z + b > 0). Returns (sum g, sum g * z).
-template <typename T>
-std::pair<T, T> plane_relu_pool_grad(const T* z, const T* dp, int64_t h, int64_t w, int64_t ph,
-                                     int64_t pw, T a, T b, T* g, T* row) {
+template <typename T, int W = 0>
+std::pair<T, T> plane_relu_pool_grad(const T* __restrict z, const T* __restrict dp, int64_t h,
+                                     int64_t w_, int64_t ph, int64_t pw_, T a, T b,
+                                     T* __restrict g, T* __restrict row) {
+  const int64_t w = W ? W : w_, pw = W ? W / 2 : pw_;
   T sg = 0, sgz = 0;
   for (int64_t i = 0; i < h; ++i) {
     T* gi = g + i * w;
@@ -79,9 +91,11 @@ std::pair<T, T> plane_relu_pool_grad(const T* z, const T* dp, int64_t h, int64_t
       std::fill(gi, gi + w, static_cast<T>(0));
       continue;
     }
-    const T* d = dp + (i / 2) * pw;
-    for (int64_t j = 0; j < pw; ++j) row[2 * j] = row[2 * j + 1] = static_cast<T>(0.25) * d[j];
-    for (int64_t j = 2 * pw; j < w; ++j) row[j] = 0;
+    if (i % 2 == 0) {  // rows 2r and 2r + 1 share pooled row r
+      const T* d = dp + (i / 2) * pw;
+      for (int64_t j = 0; j < pw; ++j) row[2 * j] = row[2 * j + 1] = static_cast<T>(0.25) * d[j];
+      for (int64_t j = 2 * pw; j < w; ++j) row[j] = 0;
+    }
 #pragma omp simd reduction(+ : sg, sgz)
     for (int64_t j = 0; j < w; ++j) {
       const T v = (a * zi[j] + b > static_cast<T>(0)) ? row[j] : static_cast<T>(0);
@@ -124,6 +138,20 @@ void check_planes(const at::Tensor& t, const char* name) {
               " must be float32 or float64");
 }
 
+// Calls body(W) with the plane width as a compile-time constant for the ConvNets' usual (even)
+// widths, else with 0 (any width).
+template <typename F>
+void dispatch_width(int64_t w, F&& body) {
+  using std::integral_constant;
+  switch (w) {
+    case 8: return body(integral_constant<int, 8>{});
+    case 16: return body(integral_constant<int, 16>{});
+    case 32: return body(integral_constant<int, 32>{});
+    case 64: return body(integral_constant<int, 64>{});
+    default: return body(integral_constant<int, 0>{});
+  }
+}
+
 // ------------------------------------------------------------------ norm -> ReLU -> pool
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_forward(const at::Tensor& z_in,
@@ -147,17 +175,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_forward(const at::Tensor& z_i
     scalar_t* mp = mean.data_ptr<scalar_t>();
     scalar_t* rp = rstd.data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, h * w));
-    at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> row(std::max<int64_t>(w, 1));
-      for (int64_t q = begin; q < end; ++q) {
-        const scalar_t* zq = zp + q * h * w;
-        auto st = plane_stats(zq, h * w, eps);
-        const scalar_t a = gp[q % c] * st.rstd;
-        const scalar_t b = bp[q % c] - st.mean * a;
-        plane_forward(zq, w, ph, pw, a, b, pp + q * ph * pw, row.data());
-        mp[q] = st.mean;
-        rp[q] = st.rstd;
-      }
+    dispatch_width(w, [&](auto w_const) {
+      constexpr int W = decltype(w_const)::value;
+      at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> row(std::max<int64_t>(w, 1));
+        for (int64_t q = begin; q < end; ++q) {
+          const scalar_t* zq = zp + q * h * w;
+          auto st = plane_stats(zq, h * w, eps);
+          const scalar_t a = gp[q % c] * st.rstd;
+          const scalar_t b = bp[q % c] - st.mean * a;
+          plane_forward<scalar_t, W>(zq, w, ph, pw, a, b, pp + q * ph * pw, row.data());
+          mp[q] = st.mean;
+          rp[q] = st.rstd;
+        }
+      });
     });
   });
   return {p, mean, rstd};
@@ -190,20 +221,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_backward(
     scalar_t* dzp = dz.data_ptr<scalar_t>();
     scalar_t* pa = part.data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, h * w));
-    at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> row(std::max<int64_t>(w, 1));
-      for (int64_t q = begin; q < end; ++q) {
-        const int64_t img = q / c, ch = q % c;
-        const scalar_t* zq = zp + q * h * w;
-        scalar_t* g = dzp + q * h * w;
-        Stats<scalar_t> st{mp[q], rp[q]};
-        const scalar_t a = gp[ch] * st.rstd;
-        const scalar_t b = bp[ch] - st.mean * a;
-        auto [sg, sgz] = plane_relu_pool_grad(zq, dpp + q * ph * pw, h, w, ph, pw, a, b, g,
-                                              row.data());
-        plane_norm_grad(zq, g, h * w, st, gp[ch], sg, sgz, pa + img * 2 * c + ch,
-                        pa + img * 2 * c + c + ch);
-      }
+    dispatch_width(w, [&](auto w_const) {
+      constexpr int W = decltype(w_const)::value;
+      at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> row(std::max<int64_t>(w, 1));
+        for (int64_t q = begin; q < end; ++q) {
+          const int64_t img = q / c, ch = q % c;
+          const scalar_t* zq = zp + q * h * w;
+          scalar_t* g = dzp + q * h * w;
+          Stats<scalar_t> st{mp[q], rp[q]};
+          const scalar_t a = gp[ch] * st.rstd;
+          const scalar_t b = bp[ch] - st.mean * a;
+          auto [sg, sgz] = plane_relu_pool_grad<scalar_t, W>(zq, dpp + q * ph * pw, h, w, ph, pw,
+                                                             a, b, g, row.data());
+          plane_norm_grad(zq, g, h * w, st, gp[ch], sg, sgz, pa + img * 2 * c + ch,
+                          pa + img * 2 * c + c + ch);
+        }
+      });
     });
     std::vector<scalar_t> total(2 * c);
     sum_rows(pa, n, 2 * c, total.data());
@@ -228,10 +262,11 @@ void pad_image(const T* x, int64_t cin, int64_t h, int64_t w, int64_t pad, T* ou
 
 // z (ho x wo) = bias + sum over input channels and taps of weight * shifted padded input, one
 // output row at a time (the row stays in registers/L1 across the taps).
-template <typename T>
+template <typename T, int K = 0, int W = 0>
 void plane_conv(const T* __restrict xp, int64_t cin, int64_t hp, int64_t wp,
-                const T* __restrict wc, T bias, int64_t k, int64_t ho, int64_t wo,
+                const T* __restrict wc, T bias, int64_t k_, int64_t ho, int64_t wo_,
                 T* __restrict z) {
+  const int64_t k = K ? K : k_, wo = W ? W : wo_;
   for (int64_t i = 0; i < ho; ++i) {
     T* __restrict dst = z + i * wo;
 #pragma omp simd
@@ -256,10 +291,11 @@ struct ConvShape {
 // The conv's weight and bias gradients of one (image, channel) plane from its dz: the
 // correlation of dz with each shifted input plane, and the sum of dz (out: taps, then bias).
 // Accumulates whole rows per tap in `acc` (taps x wo) and reduces each once at the end.
-template <typename T>
+template <typename T, int K = 0, int W = 0>
 void plane_conv_grad(const T* __restrict xp, const T* __restrict dz, const ConvShape& s,
                      T* __restrict acc, T* __restrict out) {
-  const int64_t taps = s.cin * s.k * s.k, wo = s.wo;
+  const int64_t k = K ? K : s.k, wo = W ? W : s.wo;
+  const int64_t taps = s.cin * k * k;
   std::fill(acc, acc + (taps + 1) * wo, static_cast<T>(0));
   T* __restrict accb = acc + taps * wo;
   for (int64_t i = 0; i < s.ho; ++i) {
@@ -267,10 +303,10 @@ void plane_conv_grad(const T* __restrict xp, const T* __restrict dz, const ConvS
 #pragma omp simd
     for (int64_t j = 0; j < wo; ++j) accb[j] += gi[j];
     for (int64_t ci = 0; ci < s.cin; ++ci)
-      for (int64_t kh = 0; kh < s.k; ++kh) {
+      for (int64_t kh = 0; kh < k; ++kh) {
         const T* __restrict src = xp + (ci * s.hp + i + kh) * s.wp;
-        for (int64_t kw = 0; kw < s.k; ++kw) {
-          T* __restrict a = acc + ((ci * s.k + kh) * s.k + kw) * wo;
+        for (int64_t kw = 0; kw < k; ++kw) {
+          T* __restrict a = acc + ((ci * k + kh) * k + kw) * wo;
 #pragma omp simd
           for (int64_t j = 0; j < wo; ++j) a[j] += gi[j] * src[j + kw];
         }
@@ -283,6 +319,19 @@ void plane_conv_grad(const T* __restrict xp, const T* __restrict dz, const ConvS
     for (int64_t j = 0; j < wo; ++j) v += a[j];
     out[t] = v;
   }
+}
+
+// Calls body(K, W) with the kernel size and output width as compile-time constants for the
+// ConvNets' usual planes (3x3 convs, 32 or 64 px wide), else with 0 (any size).
+template <typename F>
+void dispatch_shape(const ConvShape& s, F&& body) {
+  using std::integral_constant;
+  if (s.k == 3 && s.wo == 32)
+    body(integral_constant<int, 3>{}, integral_constant<int, 32>{});
+  else if (s.k == 3 && s.wo == 64)
+    body(integral_constant<int, 3>{}, integral_constant<int, 64>{});
+  else
+    body(integral_constant<int, 0>{}, integral_constant<int, 0>{});
 }
 
 ConvShape conv_shape(const at::Tensor& x, const at::Tensor& weight, int64_t pad) {
@@ -321,23 +370,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cnrp_forward(
     scalar_t* pp = p.data_ptr<scalar_t>();
     scalar_t* mp = mean.data_ptr<scalar_t>();
     scalar_t* rp = rstd.data_ptr<scalar_t>();
-    at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> xpad(s.cin * s.hp * s.wp), z(s.ho * s.wo), row(s.wo);
-      for (int64_t img = begin; img < end; ++img) {
-        pad_image(xp + img * s.cin * s.h * s.w, s.cin, s.h, s.w, s.pad, xpad.data());
-        for (int64_t ch = 0; ch < s.c; ++ch) {
-          plane_conv(xpad.data(), s.cin, s.hp, s.wp, wt + ch * s.cin * s.k * s.k, bs[ch], s.k,
-                     s.ho, s.wo, z.data());
-          auto st = plane_stats(z.data(), s.ho * s.wo, eps);
-          const scalar_t a = gp[ch] * st.rstd;
-          const scalar_t b = bp[ch] - st.mean * a;
-          const int64_t q = img * s.c + ch;
-          plane_forward(z.data(), s.wo, s.ph, s.pw, a, b, pp + q * s.ph * s.pw, row.data());
-          mp[q] = st.mean;
-          rp[q] = st.rstd;
+    auto body = [&](auto k_const, auto w_const) {
+      constexpr int K = decltype(k_const)::value, W = decltype(w_const)::value;
+      at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> xpad(s.cin * s.hp * s.wp), z(s.ho * s.wo), row(s.wo);
+        for (int64_t img = begin; img < end; ++img) {
+          pad_image(xp + img * s.cin * s.h * s.w, s.cin, s.h, s.w, s.pad, xpad.data());
+          for (int64_t ch = 0; ch < s.c; ++ch) {
+            plane_conv<scalar_t, K, W>(xpad.data(), s.cin, s.hp, s.wp,
+                                       wt + ch * s.cin * s.k * s.k, bs[ch], s.k, s.ho, s.wo,
+                                       z.data());
+            auto st = plane_stats(z.data(), s.ho * s.wo, eps);
+            const scalar_t a = gp[ch] * st.rstd;
+            const scalar_t b = bp[ch] - st.mean * a;
+            const int64_t q = img * s.c + ch;
+            plane_forward<scalar_t, W>(z.data(), s.wo, s.ph, s.pw, a, b, pp + q * s.ph * s.pw,
+                                       row.data());
+            mp[q] = st.mean;
+            rp[q] = st.rstd;
+          }
         }
-      }
-    });
+      });
+    };
+    dispatch_shape(s, body);
   });
   return {p, mean, rstd};
 }
@@ -377,28 +432,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cnrp_backward(
     const scalar_t* rp = rstd.data_ptr<scalar_t>();
     scalar_t* pa = part.data_ptr<scalar_t>();
     const int64_t m = s.ho * s.wo;
-    at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> xpad(s.cin * s.hp * s.wp), z(m), g(m), row(s.wo),
-          acc((taps + 1) * s.wo);
-      for (int64_t img = begin; img < end; ++img) {
-        pad_image(xp + img * s.cin * s.h * s.w, s.cin, s.h, s.w, s.pad, xpad.data());
-        for (int64_t ch = 0; ch < s.c; ++ch) {
-          const int64_t q = img * s.c + ch;
-          plane_conv(xpad.data(), s.cin, s.hp, s.wp, wt + ch * taps, bs[ch], s.k, s.ho, s.wo,
-                     z.data());
-          Stats<scalar_t> st{mp[q], rp[q]};
-          const scalar_t a = gp[ch] * st.rstd;
-          const scalar_t b = bp[ch] - st.mean * a;
-          auto [sg, sgz] = plane_relu_pool_grad(z.data(), dpp + q * s.ph * s.pw, s.ho, s.wo,
-                                                s.ph, s.pw, a, b, g.data(), row.data());
-          scalar_t* out = pa + img * per + ch * (taps + 3);
-          plane_norm_grad(z.data(), g.data(), m, st, gp[ch], sg, sgz, out + taps + 1,
-                          out + taps + 2);
-          // g now holds dz: the conv's weight gradient is its correlation with the input.
-          plane_conv_grad(xpad.data(), g.data(), s, acc.data(), out);
+    auto body = [&](auto k_const, auto w_const) {
+      constexpr int K = decltype(k_const)::value, W = decltype(w_const)::value;
+      at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> xpad(s.cin * s.hp * s.wp), z(m), g(m), row(s.wo),
+            acc((taps + 1) * s.wo);
+        for (int64_t img = begin; img < end; ++img) {
+          pad_image(xp + img * s.cin * s.h * s.w, s.cin, s.h, s.w, s.pad, xpad.data());
+          for (int64_t ch = 0; ch < s.c; ++ch) {
+            const int64_t q = img * s.c + ch;
+            plane_conv<scalar_t, K, W>(xpad.data(), s.cin, s.hp, s.wp, wt + ch * taps, bs[ch],
+                                       s.k, s.ho, s.wo, z.data());
+            Stats<scalar_t> st{mp[q], rp[q]};
+            const scalar_t a = gp[ch] * st.rstd;
+            const scalar_t b = bp[ch] - st.mean * a;
+            auto [sg, sgz] = plane_relu_pool_grad<scalar_t, W>(
+                z.data(), dpp + q * s.ph * s.pw, s.ho, s.wo, s.ph, s.pw, a, b, g.data(),
+                row.data());
+            scalar_t* out = pa + img * per + ch * (taps + 3);
+            plane_norm_grad(z.data(), g.data(), m, st, gp[ch], sg, sgz, out + taps + 1,
+                            out + taps + 2);
+            // g now holds dz: the conv's weight gradient is its correlation with the input.
+            plane_conv_grad<scalar_t, K, W>(xpad.data(), g.data(), s, acc.data(), out);
+          }
         }
-      }
-    });
+      });
+    };
+    dispatch_shape(s, body);
     std::vector<scalar_t> total(per);
     sum_rows(pa, s.n, per, total.data());
     scalar_t* dw = dweight.data_ptr<scalar_t>();
