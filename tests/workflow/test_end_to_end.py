@@ -5,6 +5,7 @@ Run: pytest tests/workflow/test_end_to_end.py -q  (about a minute on 2 cores)"""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -68,11 +69,15 @@ def test_outputs_exist_and_are_consistent(ran: Path):
     record = json.loads(next((ran / "results/evaluation").rglob("seed0.json")).read_text())
     prov = record["provenance"]
     assert {"git_commit", "versions", "device", "wall_time_s"} <= set(prov)
-    # tiny.yaml's runtime: micro_batch and allocator default to auto, amp and compile to off, one
-    # thread, not deterministic
-    # and the Snakefile started the job with glibc's tcache off (allocator.job_environment)
+    # tiny.yaml's runtime: micro_batch, allocator and native kernels default to auto, amp and
+    # compile to off, one thread, not deterministic, and the Snakefile started the job with
+    # glibc's tcache off (allocator.job_environment); the native kernels loaded where a C++
+    # compiler exists (CI installs g++)
     linux = sys.platform.startswith("linux")
+    compiler = bool(shutil.which("c++") or shutil.which("g++"))
     assert prov["runtime"] == {"micro_batch": "auto", "amp": "off", "compile": "off",
+                               "native_kernels": "auto:loaded" if linux and compiler
+                               else "auto:unavailable",
                                "allocator_tuned": linux, "malloc_tcache_off": linux,
                                "deterministic": False, "threads": 1}
     assert record["lt_test"] is not None  # tiny config enables the LT test split

@@ -23,6 +23,7 @@ from ..evaluation.train import soft_cross_entropy
 from ..experts.storage import ExpertPool
 from ..io import ImageSet
 from ..models import ModelSpec, build_model, classifier_start
+from ..models.native import first_order
 from ..progress import Progress
 from ..seeding import generator
 from .base import DistillContext
@@ -203,6 +204,16 @@ class MatchSpec:
 
 def _grad(net: FlatNet, theta: torch.Tensor, x: torch.Tensor, t: torch.Tensor, spec: MatchSpec,
           create_graph: bool) -> torch.Tensor:
+    """d loss(net(theta, x), t) / d theta; with create_graph=False (TESLA's and the segmented
+    unroll's first pass) the native first-order block kernels may run."""
+    if create_graph:
+        return _grad_of(net, theta, x, t, spec, True)
+    with first_order():
+        return _grad_of(net, theta, x, t, spec, False)
+
+
+def _grad_of(net: FlatNet, theta: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
+             spec: MatchSpec, create_graph: bool) -> torch.Tensor:
     if spec.move is None:
         return torch.autograd.grad(spec.loss_fn(net(theta, x), t), theta,
                                    create_graph=create_graph)[0]
