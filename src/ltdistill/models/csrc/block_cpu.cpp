@@ -34,45 +34,78 @@ struct Stats {
   T mean, rstd;
 };
 
+// Lanes of the wide accumulators below: sums of long vectors as kLanes independent partial sums
+// (8 ymm registers of floats) reduced once at the end, so the adds do not wait on each other
+// (one vector accumulator made the plane statistics latency-bound: ~4 cycles per 8 values).
+constexpr int64_t kLanes = 64;
+
+template <typename T>
+T lane_total(const T* acc) {
+  T s = 0;
+  for (int64_t j = 0; j < kLanes; ++j) s += acc[j];
+  return s;
+}
+
+// sum of f(v[i]) over i < m with kLanes independent accumulators, in a fixed order
+template <typename T, typename F>
+T wide_sum(const T* __restrict v, int64_t m, F f) {
+  T acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= m; i += kLanes)
+#pragma omp simd
+    for (int64_t j = 0; j < kLanes; ++j) acc[j] += f(v[i + j]);
+  T s = lane_total(acc);
+  for (; i < m; ++i) s += f(v[i]);
+  return s;
+}
+
+// sum of u[i] * v[i] over i < m, as wide_sum
+template <typename T>
+T wide_dot(const T* __restrict u, const T* __restrict v, int64_t m) {
+  T acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= m; i += kLanes)
+#pragma omp simd
+    for (int64_t j = 0; j < kLanes; ++j) acc[j] += u[i + j] * v[i + j];
+  T s = lane_total(acc);
+  for (; i < m; ++i) s += u[i] * v[i];
+  return s;
+}
+
 template <typename T>
 Stats<T> plane_stats(const T* z, int64_t m, double eps) {
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < m; ++i) s += z[i];
-  const T mean = s / static_cast<T>(m);
-  T v = 0;
-#pragma omp simd reduction(+ : v)
-  for (int64_t i = 0; i < m; ++i) {
-    const T d = z[i] - mean;
-    v += d * d;
-  }
-  T var = v / static_cast<T>(m);
+  const T mean = wide_sum(z, m, [](T v) { return v; }) / static_cast<T>(m);
+  const T sq = wide_sum(z, m, [mean](T v) { return (v - mean) * (v - mean); });
+  T var = sq / static_cast<T>(m);
   // squares beyond the float range: torch's norm gives NaN here (E[z^2] - mean^2 = inf - inf),
   // and divergence checks rely on it; 1 / sqrt(inf) = 0 would hide the overflow instead
   if (!std::isfinite(var)) var = std::numeric_limits<T>::quiet_NaN();
   return {mean, static_cast<T>(1) / std::sqrt(var + static_cast<T>(eps))};
 }
 
-// p (ph x pw) = 0.25 * 2x2 sums of relu(a * z + b) over z (h x w); `row` holds 2 * pw values.
-// W > 0: the plane's width as a compile-time constant (w, pw ignored), which lets the compiler
-// unroll and vectorise the rows fully; W = 0: any width.
+// p (ph x pw) = 0.25 * 2x2 sums of relu(a * z + b) over z (h x w): ((y00 + y10) + (y01 + y11)),
+// the order of ltdistill's AvgPool2x2 (rows first). The two input columns of each pooled column
+// are read as a stride-2 pair (permutes). W > 0: the plane's width as a compile-time constant
+// (w, pw ignored), which lets the compiler unroll and vectorise the rows fully; W = 0: any width.
 template <typename T, int W = 0>
 void plane_forward(const T* __restrict z, int64_t w_, int64_t ph, int64_t pw_, T a, T b,
-                   T* __restrict p, T* __restrict row) {
+                   T* __restrict p) {
   const int64_t w = W ? W : w_, pw = W ? W / 2 : pw_;
-  const int64_t w2 = 2 * pw;
+  const T zero = static_cast<T>(0);
   for (int64_t i = 0; i < ph; ++i) {
-    const T* z0 = z + (2 * i) * w;
-    const T* z1 = z0 + w;
+    const T* __restrict z0 = z + (2 * i) * w;
+    const T* __restrict z1 = z0 + w;
+    T* __restrict out = p + i * pw;
 #pragma omp simd
-    for (int64_t j = 0; j < w2; ++j) {
-      const T v0 = a * z0[j] + b, v1 = a * z1[j] + b;
-      const T y0 = v0 < static_cast<T>(0) ? static_cast<T>(0) : v0;  // NaN stays NaN, as torch's
-      const T y1 = v1 < static_cast<T>(0) ? static_cast<T>(0) : v1;  // ReLU (divergence checks)
-      row[j] = y0 + y1;
+    for (int64_t j = 0; j < pw; ++j) {
+      T v00 = a * z0[2 * j] + b, v01 = a * z0[2 * j + 1] + b;
+      T v10 = a * z1[2 * j] + b, v11 = a * z1[2 * j + 1] + b;
+      v00 = v00 < zero ? zero : v00;  // NaN stays NaN, as torch's ReLU (divergence checks)
+      v01 = v01 < zero ? zero : v01;
+      v10 = v10 < zero ? zero : v10;
+      v11 = v11 < zero ? zero : v11;
+      out[j] = static_cast<T>(0.25) * ((v00 + v10) + (v01 + v11));
     }
-    T* out = p + i * pw;
-    for (int64_t j = 0; j < pw; ++j) out[j] = static_cast<T>(0.25) * (row[2 * j] + row[2 * j + 1]);
   }
 }
 
@@ -81,9 +114,8 @@ void plane_forward(const T* __restrict z, int64_t w_, int64_t ph, int64_t pw_, T
 template <typename T, int W = 0>
 std::pair<T, T> plane_relu_pool_grad(const T* __restrict z, const T* __restrict dp, int64_t h,
                                      int64_t w_, int64_t ph, int64_t pw_, T a, T b,
-                                     T* __restrict g, T* __restrict row) {
+                                     T* __restrict g) {
   const int64_t w = W ? W : w_, pw = W ? W / 2 : pw_;
-  T sg = 0, sgz = 0;
   for (int64_t i = 0; i < h; ++i) {
     T* gi = g + i * w;
     const T* zi = z + i * w;
@@ -91,20 +123,19 @@ std::pair<T, T> plane_relu_pool_grad(const T* __restrict z, const T* __restrict 
       std::fill(gi, gi + w, static_cast<T>(0));
       continue;
     }
-    if (i % 2 == 0) {  // rows 2r and 2r + 1 share pooled row r
-      const T* d = dp + (i / 2) * pw;
-      for (int64_t j = 0; j < pw; ++j) row[2 * j] = row[2 * j + 1] = static_cast<T>(0.25) * d[j];
-      for (int64_t j = 2 * pw; j < w; ++j) row[j] = 0;
+    const T* __restrict d = dp + (i / 2) * pw;  // rows 2r and 2r + 1 share pooled row r
+    const int64_t w2 = 2 * pw;
+    // over pooled columns, the two input columns of each as a stride-2 pair (permutes, where
+    // indexing d[j / 2] per input column compiled to gathers)
+#pragma omp simd
+    for (int64_t j = 0; j < pw; ++j) {
+      const T dv = static_cast<T>(0.25) * d[j];
+      gi[2 * j] = (a * zi[2 * j] + b > static_cast<T>(0)) ? dv : static_cast<T>(0);
+      gi[2 * j + 1] = (a * zi[2 * j + 1] + b > static_cast<T>(0)) ? dv : static_cast<T>(0);
     }
-#pragma omp simd reduction(+ : sg, sgz)
-    for (int64_t j = 0; j < w; ++j) {
-      const T v = (a * zi[j] + b > static_cast<T>(0)) ? row[j] : static_cast<T>(0);
-      gi[j] = v;
-      sg += v;
-      sgz += v * zi[j];
-    }
+    for (int64_t j = w2; j < w; ++j) gi[j] = 0;
   }
-  return {sg, sgz};
+  return {wide_sum(g, h * w, [](T v) { return v; }), wide_dot(g, z, h * w)};
 }
 
 // The instance norm's backward from g in place: dz = a * g + k1 * z + k0 (see the header of
@@ -178,13 +209,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_forward(const at::Tensor& z_i
     dispatch_width(w, [&](auto w_const) {
       constexpr int W = decltype(w_const)::value;
       at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> row(std::max<int64_t>(w, 1));
         for (int64_t q = begin; q < end; ++q) {
           const scalar_t* zq = zp + q * h * w;
           auto st = plane_stats(zq, h * w, eps);
           const scalar_t a = gp[q % c] * st.rstd;
           const scalar_t b = bp[q % c] - st.mean * a;
-          plane_forward<scalar_t, W>(zq, w, ph, pw, a, b, pp + q * ph * pw, row.data());
+          plane_forward<scalar_t, W>(zq, w, ph, pw, a, b, pp + q * ph * pw);
           mp[q] = st.mean;
           rp[q] = st.rstd;
         }
@@ -224,7 +254,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_backward(
     dispatch_width(w, [&](auto w_const) {
       constexpr int W = decltype(w_const)::value;
       at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> row(std::max<int64_t>(w, 1));
         for (int64_t q = begin; q < end; ++q) {
           const int64_t img = q / c, ch = q % c;
           const scalar_t* zq = zp + q * h * w;
@@ -233,7 +262,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_backward(
           const scalar_t a = gp[ch] * st.rstd;
           const scalar_t b = bp[ch] - st.mean * a;
           auto [sg, sgz] = plane_relu_pool_grad<scalar_t, W>(zq, dpp + q * ph * pw, h, w, ph, pw,
-                                                             a, b, g, row.data());
+                                                             a, b, g);
           plane_norm_grad(zq, g, h * w, st, gp[ch], sg, sgz, pa + img * 2 * c + ch,
                           pa + img * 2 * c + c + ch);
         }
@@ -294,14 +323,34 @@ struct ConvShape {
 template <typename T, int K = 0, int W = 0>
 void plane_conv_grad(const T* __restrict xp, const T* __restrict dz, const ConvShape& s,
                      T* __restrict acc, T* __restrict out) {
-  const int64_t k = K ? K : s.k, wo = W ? W : s.wo;
+  const int64_t k = K ? K : s.k, wo = W ? W : s.wo, m = s.ho * wo;
+  out[s.cin * k * k] = wide_sum(dz, m, [](T v) { return v; });
+  if constexpr (K > 0 && W > 0) {
+    // one kernel row (K taps) at a time, its K x W accumulators in registers: no store/reload
+    // of partial sums per image row
+    for (int64_t ci = 0; ci < s.cin; ++ci)
+      for (int64_t kh = 0; kh < K; ++kh) {
+        T a[K][W] = {};
+        for (int64_t i = 0; i < s.ho; ++i) {
+          const T* __restrict gi = dz + i * W;
+          const T* __restrict src = xp + (ci * s.hp + i + kh) * s.wp;
+          for (int64_t kw = 0; kw < K; ++kw)
+#pragma omp simd
+            for (int64_t j = 0; j < W; ++j) a[kw][j] += gi[j] * src[j + kw];
+        }
+        for (int64_t kw = 0; kw < K; ++kw) {
+          T v = 0;
+#pragma omp simd reduction(+ : v)
+          for (int64_t j = 0; j < W; ++j) v += a[kw][j];
+          out[(ci * K + kh) * K + kw] = v;
+        }
+      }
+    return;
+  }
   const int64_t taps = s.cin * k * k;
-  std::fill(acc, acc + (taps + 1) * wo, static_cast<T>(0));
-  T* __restrict accb = acc + taps * wo;
+  std::fill(acc, acc + taps * wo, static_cast<T>(0));
   for (int64_t i = 0; i < s.ho; ++i) {
     const T* __restrict gi = dz + i * wo;
-#pragma omp simd
-    for (int64_t j = 0; j < wo; ++j) accb[j] += gi[j];
     for (int64_t ci = 0; ci < s.cin; ++ci)
       for (int64_t kh = 0; kh < k; ++kh) {
         const T* __restrict src = xp + (ci * s.hp + i + kh) * s.wp;
@@ -312,7 +361,7 @@ void plane_conv_grad(const T* __restrict xp, const T* __restrict dz, const ConvS
         }
       }
   }
-  for (int64_t t = 0; t <= taps; ++t) {
+  for (int64_t t = 0; t < taps; ++t) {
     T v = 0;
     const T* __restrict a = acc + t * wo;
 #pragma omp simd reduction(+ : v)
@@ -373,7 +422,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cnrp_forward(
     auto body = [&](auto k_const, auto w_const) {
       constexpr int K = decltype(k_const)::value, W = decltype(w_const)::value;
       at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> xpad(s.cin * s.hp * s.wp), z(s.ho * s.wo), row(s.wo);
+        std::vector<scalar_t> xpad(s.cin * s.hp * s.wp), z(s.ho * s.wo);
         for (int64_t img = begin; img < end; ++img) {
           pad_image(xp + img * s.cin * s.h * s.w, s.cin, s.h, s.w, s.pad, xpad.data());
           for (int64_t ch = 0; ch < s.c; ++ch) {
@@ -384,8 +433,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cnrp_forward(
             const scalar_t a = gp[ch] * st.rstd;
             const scalar_t b = bp[ch] - st.mean * a;
             const int64_t q = img * s.c + ch;
-            plane_forward<scalar_t, W>(z.data(), s.wo, s.ph, s.pw, a, b, pp + q * s.ph * s.pw,
-                                       row.data());
+            plane_forward<scalar_t, W>(z.data(), s.wo, s.ph, s.pw, a, b, pp + q * s.ph * s.pw);
             mp[q] = st.mean;
             rp[q] = st.rstd;
           }
@@ -435,7 +483,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cnrp_backward(
     auto body = [&](auto k_const, auto w_const) {
       constexpr int K = decltype(k_const)::value, W = decltype(w_const)::value;
       at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> xpad(s.cin * s.hp * s.wp), z(m), g(m), row(s.wo),
+        std::vector<scalar_t> xpad(s.cin * s.hp * s.wp), z(m), g(m),
             acc((taps + 1) * s.wo);
         for (int64_t img = begin; img < end; ++img) {
           pad_image(xp + img * s.cin * s.h * s.w, s.cin, s.h, s.w, s.pad, xpad.data());
@@ -447,8 +495,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cnrp_backward(
             const scalar_t a = gp[ch] * st.rstd;
             const scalar_t b = bp[ch] - st.mean * a;
             auto [sg, sgz] = plane_relu_pool_grad<scalar_t, W>(
-                z.data(), dpp + q * s.ph * s.pw, s.ho, s.wo, s.ph, s.pw, a, b, g.data(),
-                row.data());
+                z.data(), dpp + q * s.ph * s.pw, s.ho, s.wo, s.ph, s.pw, a, b, g.data());
             scalar_t* out = pa + img * per + ch * (taps + 3);
             plane_norm_grad(z.data(), g.data(), m, st, gp[ch], sg, sgz, out + taps + 1,
                             out + taps + 2);
