@@ -210,3 +210,19 @@ def test_non_finite_values_propagate_like_the_stock_modules():
     out = native.norm_relu_pool(big, gamma.float(), beta.float(), 1e-5)
     assert torch.equal(out.isnan(), _stock_block(big, gamma.float(), beta.float()).isnan())
     assert out.isnan().all()
+
+
+def test_environment_sets_the_starting_policy():
+    """LTDISTILL_NATIVE_KERNELS sets a fresh process's policy (benchmarks' before/after runs); a
+    bad value fails at the first use with the choices."""
+    import subprocess
+    import sys
+
+    code = ("from ltdistill.models import native; import torch; print(native.get_native_kernels());"
+            "native.usable(torch.zeros(1, 1, 4, 4))")
+    env = {**__import__("os").environ, "LTDISTILL_NATIVE_KERNELS": "off"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "off"
+    env["LTDISTILL_NATIVE_KERNELS"] = "fast"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "must be one of auto, on, off" in out.stderr

@@ -4,8 +4,10 @@ Evaluation and expert training of the width-32 ConvNet-3 that the CPU grid runs 
 step outside the convolutions' matrix products: instance norm, ReLU and the 2x2 pool each make
 passes over the first block's activations (256 x 32 x 32 x 32 floats, 33 MB at batch 256), and
 the first convolution, with one input channel, is a 9-deep matrix product that PyTorch's kernels
-run at 20-45 GFLOP/s. Measured on the development machine (2 cores; docs/performance.md): 59 ms
-per step of batch 256, of which the three matrix-product convolutions of blocks 2-3 take ~15.
+run at 24-44 GFLOP/s. Measured on the development machine (2 cores; docs/performance.md, stop
+17): 59 ms per step of batch 256, of which the matrix-product convolutions of blocks 2-3 took ~15;
+with these kernels ~30 ms (8,679 against ~4,100 images/s, 47% instead of 22% of the same run's
+fp32 matmul peak; width 128: 966 against ~630 images/s).
 
 Two kernels do that work one (image, channel) plane at a time while the plane sits in cache:
 - `norm_relu_pool(z, gamma, beta, eps)`: instance norm -> ReLU -> 2x2 mean. Forward: one read of
@@ -34,7 +36,9 @@ PyTorch's headers (~8 s), with -march=native, into `$LTDISTILL_CACHE` (default
 flags, so a cluster's login and compute nodes with different CPUs each build their own; the .so is
 written under a temporary name and renamed, so concurrent jobs never load a half-written file.
 `runtime.native_kernels`: "auto" (default: build/load, fall back to the stock modules with one
-warning if that fails), "on" (fail with the compiler's message instead) or "off".
+warning if that fails), "on" (fail with the compiler's message instead) or "off"; outside workflow
+jobs (benchmarks, notebooks) the environment variable LTDISTILL_NATIVE_KERNELS sets the starting
+policy (benchmarks' before/after figures: LTDISTILL_NATIVE_KERNELS=off).
 `python -m ltdistill.models.native` builds the library and prints where it is (`./run.sh setup`
 does this)."""
 
@@ -59,7 +63,7 @@ log = logging.getLogger("ltdistill.native")
 
 POLICIES = ("auto", "on", "off")
 SOURCE = Path(__file__).with_name("csrc") / "block_cpu.cpp"
-_policy = "auto"
+_policy = os.environ.get("LTDISTILL_NATIVE_KERNELS", "auto")  # a job's config overrides it
 _state: dict[str, object] = {}  # "ok": bool, "path": str, "error": str (once tried)
 _first_order = 0
 
@@ -187,6 +191,8 @@ def usable(x: torch.Tensor, *params: torch.Tensor) -> bool:
     """Whether a forward of `x` through blocks with these parameters may use the kernels: CPU,
     float32/64, NCHW-contiguous, outside torch.func transforms and torch.compile tracing, and
     without gradients or inside `first_order()`."""
+    if _policy not in POLICIES:
+        set_native_kernels(_policy)  # a bad LTDISTILL_NATIVE_KERNELS: the error names the choices
     if _policy == "off" or not (_first_order or not torch.is_grad_enabled()):
         return False
     if torch.compiler.is_compiling():  # runtime.compile: Inductor fuses the stock ops itself
