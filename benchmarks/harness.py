@@ -11,6 +11,8 @@ What it measures, in one run:
                jobs use on CPU): images/s, achieved GFLOP/s
                (FLOPs of forward + backward counted analytically from the layer shapes by torch's
                FlopCounterMode) and the fraction of the matmul peak;
+  bound        per width, the matrix-product convolutions of blocks 2-3 timed alone at the
+               fastest kernel's shapes: their GFLOP/s, share of the step and the step's ceiling;
   seeds        three evaluation seeds trained one after another vs as one vmapped model;
   targets      what issue 8's speed targets (MTT 2x, experts 1.5x the reference) need: their
                FLOPs counted on the real operations and the fraction of the measured peak that
@@ -93,6 +95,40 @@ def convnet_training(width: int, batch: int, steps: int, channels_last: bool,
     return {"width": width, "batch": batch, "channels_last": channels_last,
             "slice": slice_size, "native": used, "images_per_s": batch / dt,
             "gflop_per_step": flops / 1e9, "gflops": flops / dt / 1e9}
+
+
+def conv_bound(width: int, batch: int, reps: int, kernel: dict) -> dict:
+    """What bounds a training kernel: the matrix-product convolutions of blocks 2-3 (C -> C 3x3
+    on 16x16 and 8x8 planes: forward, weight and input gradients) timed alone at the kernel's
+    shapes, against `kernel` (a convnet_training row of the same width and batch). Their share of
+    the step, and the step's GFLOP/s if everything else (block 1, norms, pools, loss, optimiser)
+    cost nothing: the ceiling of the whole step on this machine's convolution kernels."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    total, flops = 0.0, 0.0
+    for size in (16, 8):
+        x = torch.randn(batch, width, size, size, generator=g).requires_grad_(True)
+        w = torch.randn(width, width, 3, 3, generator=g).requires_grad_(True)
+        b = torch.zeros(width, requires_grad=True)
+        dy = torch.randn(batch, width, size, size, generator=g)
+
+        def run(x=x, w=w, b=b, dy=dy):
+            torch.autograd.grad(F.conv2d(x, w, b, padding=1), (x, w, b), dy)
+
+        run()
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - t)
+        total += best
+        flops += 3 * 2 * 9 * width * width * size * size * batch  # forward, dW, dX
+    step_s = kernel["batch"] / kernel["images_per_s"]
+    return {"width": width, "batch": batch, "native": kernel.get("native", False),
+            "gemm_conv_ms": total * 1e3, "gemm_conv_gflops": flops / total / 1e9,
+            "step_ms": step_s * 1e3, "share_of_step": total / step_s,
+            "ceiling_gflops": kernel["gflop_per_step"] / total}
 
 
 def seed_batching(width: int, n: int, seeds: int, epochs: int) -> list[dict]:
@@ -264,6 +300,18 @@ def markdown(report: dict) -> str:
             layout += ", native kernels"
         lines.append(f"| {k['width']} | {k['batch']} | {layout} "
                      f"| {k['images_per_s']:.0f} | {k['gflops']:.1f} | {k['gflops'] / m['matmul_gflops']:.0%} |")
+    if report.get("conv_bound"):
+        lines += ["", "## What bounds the training kernels (the fastest row of each width)", "",
+                  "The matrix-product convolutions of blocks 2-3 timed alone at the kernel's shapes "
+                  "(forward, weight and input gradients); \"ceiling\": the whole step's GFLOP/s "
+                  "if everything else cost nothing.", "",
+                  "| width | convs alone (ms/step) | their GFLOP/s | of peak | step (ms) | their share "
+                  "| ceiling of the step |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        for b in report["conv_bound"]:
+            lines.append(f"| {b['width']} | {b['gemm_conv_ms']:.1f} | {b['gemm_conv_gflops']:.0f} "
+                         f"| {b['gemm_conv_gflops'] / m['matmul_gflops']:.0%} | {b['step_ms']:.1f} "
+                         f"| {b['share_of_step']:.0%} | {b['ceiling_gflops']:.0f} GFLOP/s "
+                         f"({b['ceiling_gflops'] / m['matmul_gflops']:.0%}) |")
     if report.get("seed_batching"):
         lines += ["", "## Several evaluation seeds (Protocol A, ConvNet-3 with DSA)", "",
                   "| width | images | seeds | mode | images/s |", "|---:|---:|---:|---|---:|"]
@@ -355,6 +403,10 @@ def main(argv: list[str] | None = None) -> dict:
                                        1 if args.toy else 10),
         "pipeline": pipeline_figures(run_dir, config),
     }
+    report["conv_bound"] = [
+        conv_bound(w, batch, 3 if args.toy else 10,
+                   max((k for k in report["kernels"] if k["width"] == w),
+                       key=lambda k: k["images_per_s"])) for w in widths]
     report["targets"] = target_requirements(report["machine"]["matmul_gflops"], args.toy)
     if args.same_host_reference:
         import subprocess

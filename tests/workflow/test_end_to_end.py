@@ -137,6 +137,16 @@ def test_benchmark_harness_reads_the_run(ran: Path, tmp_path: Path):
     assert report["machine"]["matmul_gflops"] > 0
     assert {k["channels_last"] for k in report["kernels"]} == {True, False}
     assert all(k["gflop_per_step"] > 0 for k in report["kernels"])
+    # the native-kernel rows count the same work as the stock rows (the stock operations' FLOPs)
+    stock = next(k for k in report["kernels"] if not k["native"] and not k["channels_last"])
+    fast = [k for k in report["kernels"] if k["native"]]
+    assert len(fast) == (2 if shutil.which("c++") or shutil.which("g++") else 0)
+    assert all(k["gflop_per_step"] == stock["gflop_per_step"] for k in fast)
+    # the convolution bound: blocks 2-3 of width 8, batch 16, forward + dW + dX, counted by hand
+    bound = report["conv_bound"][0]
+    work = bound["gemm_conv_gflops"] * bound["gemm_conv_ms"] / 1e3
+    assert work == pytest.approx(3 * 2 * 9 * 8 * 8 * (16 * 16 + 8 * 8) * 16 / 1e9)
+    assert 0 < bound["share_of_step"] and bound["ceiling_gflops"] > 0
     p = report["pipeline"]
     methods = {d["method"] for d in p["distill"]}
     assert methods == ALL_METHODS
