@@ -14,7 +14,8 @@ adds kernel launches, so `auto` never slices there.
 
 `runtime.micro_batch` sets the process-wide policy (jobs.start): "auto" (default: AUTO_CPU_SLICE on
 CPU for safe models, except ConvNets whose blocks run as the native kernels of models/native.py,
-which keep their intermediates in cache without it; off otherwise), 0 (off), or a positive slice size (still only for safe models).
+which keep their intermediates in cache without it; off otherwise), 0 (off), or a positive slice
+size (still only for safe models).
 """
 
 from __future__ import annotations

@@ -49,8 +49,9 @@ class ConvNet(nn.Module):
         return isinstance(self.features[1], InstanceNorm) and native.available()
 
     def _native(self, x: torch.Tensor) -> bool:
-        """First-order training and gradient-free passes on CPU: `native` kernels per block."""
-        return (isinstance(self.features[1], InstanceNorm) and not self.fused_blocks
+        """First-order training and gradient-free passes on CPU: `native` kernels per block
+        (`native.usable` checks the policy, the tensor and whether the kernels are loaded)."""
+        return (not self.fused_blocks and isinstance(self.features[1], InstanceNorm)
                 and native.usable(x, self.features[0].weight))
 
     def _native_embed(self, x: torch.Tensor) -> torch.Tensor:

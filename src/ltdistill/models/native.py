@@ -63,7 +63,6 @@ log = logging.getLogger("ltdistill.native")
 
 POLICIES = ("auto", "on", "off")
 SOURCE = Path(__file__).with_name("csrc") / "block_cpu.cpp"
-_policy = os.environ.get("LTDISTILL_NATIVE_KERNELS", "auto")  # a job's config overrides it
 _state: dict[str, object] = {}  # "ok": bool, "path": str, "error": str (once tried)
 _first_order = 0
 
@@ -72,14 +71,21 @@ class NativeBuildError(RuntimeError):
     pass
 
 
-def set_native_kernels(policy: str | None) -> None:
-    """Set the process-wide policy (jobs.start reads `runtime.native_kernels`)."""
-    global _policy
-    policy = "auto" if policy is None else policy
+def _checked(policy: str) -> str:
     if policy not in POLICIES:
         raise ValueError(f"runtime.native_kernels must be one of {', '.join(POLICIES)}, got "
                          f"{policy!r}")
-    _policy = policy
+    return policy
+
+
+def set_native_kernels(policy: str | None) -> None:
+    """Set the process-wide policy (jobs.start reads `runtime.native_kernels`)."""
+    global _policy
+    _policy = _checked("auto" if policy is None else policy)
+
+
+# the starting policy: LTDISTILL_NATIVE_KERNELS (checked once, here), which a job's config overrides
+_policy = _checked(os.environ.get("LTDISTILL_NATIVE_KERNELS", "auto"))
 
 
 def get_native_kernels() -> str:
@@ -122,10 +128,9 @@ def _flags() -> list[str]:
 
 def library_path() -> Path:
     """Where this machine's build lives (it may not exist yet)."""
-    cxx = _compiler()
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([_compiler(), "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256("\n".join([SOURCE.read_text(), torch.__version__, version, _cpu_flags(),
-                                    " ".join(_flags()[:7])]).encode()).hexdigest()[:16]
+                                    " ".join(_flags())]).encode()).hexdigest()[:16]
     root = Path(os.environ.get("LTDISTILL_CACHE") or Path.home() / ".cache" / "ltdistill")
     return root / "native" / f"block_cpu-{key}.so"
 
@@ -191,8 +196,6 @@ def usable(x: torch.Tensor, *params: torch.Tensor) -> bool:
     """Whether a forward of `x` through blocks with these parameters may use the kernels: CPU,
     float32/64, NCHW-contiguous, outside torch.func transforms and torch.compile tracing, and
     without gradients or inside `first_order()`."""
-    if _policy not in POLICIES:
-        set_native_kernels(_policy)  # a bad LTDISTILL_NATIVE_KERNELS: the error names the choices
     if _policy == "off" or not (_first_order or not torch.is_grad_enabled()):
         return False
     if torch.compiler.is_compiling():  # runtime.compile: Inductor fuses the stock ops itself

@@ -162,6 +162,11 @@ void sum_rows(const T* part, int64_t n, int64_t k, T* out) {
     for (int64_t j = 0; j < k; ++j) out[j] += part[i * k + j];
 }
 
+// t as a contiguous tensor of ref's dtype (parameters and incoming gradients of a block)
+at::Tensor like(const at::Tensor& t, const at::Tensor& ref) {
+  return t.contiguous().to(ref.scalar_type());
+}
+
 void check_planes(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
   TORCH_CHECK(t.dim() == 4, name, " must be N x C x H x W, got ", t.dim(), " dimensions");
@@ -191,8 +196,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_forward(const at::Tensor& z_i
                                                            double eps) {
   check_planes(z_in, "z");
   auto z = z_in.contiguous();
-  auto gamma = gamma_in.contiguous().to(z.scalar_type());
-  auto beta = beta_in.contiguous().to(z.scalar_type());
+  auto gamma = like(gamma_in, z);
+  auto beta = like(beta_in, z);
   const int64_t n = z.size(0), c = z.size(1), h = z.size(2), w = z.size(3);
   const int64_t ph = h / 2, pw = w / 2;
   auto p = at::empty({n, c, ph, pw}, z.options());
@@ -229,9 +234,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_backward(
     const at::Tensor& beta_in, const at::Tensor& mean_in, const at::Tensor& rstd_in) {
   check_planes(z_in, "z");
   auto z = z_in.contiguous();
-  auto dp = dp_in.contiguous().to(z.scalar_type());
-  auto gamma = gamma_in.contiguous().to(z.scalar_type());
-  auto beta = beta_in.contiguous().to(z.scalar_type());
+  auto dp = like(dp_in, z);
+  auto gamma = like(gamma_in, z);
+  auto beta = like(beta_in, z);
   auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
   const int64_t n = z.size(0), c = z.size(1), h = z.size(2), w = z.size(3);
   const int64_t ph = h / 2, pw = w / 2;
@@ -403,10 +408,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cnrp_forward(
   auto x = x_in.contiguous();
   const auto s = conv_shape(x, weight_in, pad);
   auto opt = x.options();
-  auto weight = weight_in.contiguous().to(x.scalar_type());
-  auto bias = bias_in.contiguous().to(x.scalar_type());
-  auto gamma = gamma_in.contiguous().to(x.scalar_type());
-  auto beta = beta_in.contiguous().to(x.scalar_type());
+  auto weight = like(weight_in, x);
+  auto bias = like(bias_in, x);
+  auto gamma = like(gamma_in, x);
+  auto beta = like(beta_in, x);
   auto p = at::empty({s.n, s.c, s.ph, s.pw}, opt);
   auto mean = at::empty({s.n, s.c}, opt);
   auto rstd = at::empty({s.n, s.c}, opt);
@@ -454,13 +459,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cnrp_backward(
   auto x = x_in.contiguous();
   const auto s = conv_shape(x, weight_in, pad);
   auto opt = x.options();
-  auto dp = dp_in.contiguous().to(x.scalar_type());
+  auto dp = like(dp_in, x);
   TORCH_CHECK(dp.size(0) == s.n && dp.size(1) == s.c && dp.size(2) == s.ph && dp.size(3) == s.pw,
               "the pooled gradient's shape does not match the block's output");
-  auto weight = weight_in.contiguous().to(x.scalar_type());
-  auto bias = bias_in.contiguous().to(x.scalar_type());
-  auto gamma = gamma_in.contiguous().to(x.scalar_type());
-  auto beta = beta_in.contiguous().to(x.scalar_type());
+  auto weight = like(weight_in, x);
+  auto bias = like(bias_in, x);
+  auto gamma = like(gamma_in, x);
+  auto beta = like(beta_in, x);
   auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
   const int64_t taps = s.cin * s.k * s.k;
   const int64_t per = s.c * (taps + 3);  // [dw taps | db | dgamma | dbeta] per channel
