@@ -93,25 +93,30 @@ def convnet_training(width: int, batch: int, steps: int, channels_last: bool,
     finally:
         native.set_native_kernels(before)
     return {"width": width, "batch": batch, "channels_last": channels_last,
-            "slice": slice_size, "native": used, "images_per_s": batch / dt,
+            "slice": slice_size, "native": used,
+            "native_channels_last": used and native.CHANNELS_LAST, "images_per_s": batch / dt,
             "gflop_per_step": flops / 1e9, "gflops": flops / dt / 1e9}
 
 
 def conv_bound(width: int, batch: int, reps: int, kernel: dict) -> dict:
     """What bounds a training kernel: the matrix-product convolutions of blocks 2-3 (C -> C 3x3
     on 16x16 and 8x8 planes: forward, weight and input gradients) timed alone at the kernel's
-    shapes, against `kernel` (a convnet_training row of the same width and batch). Their share of
-    the step, and the step's GFLOP/s if everything else (block 1, norms, pools, loss, optimiser)
-    cost nothing: the ceiling of the whole step on this machine's convolution kernels."""
+    shapes and layout (channels_last where the native kernels keep the activations so), against
+    `kernel` (a convnet_training row of the same width and batch). Their share of the step, and
+    the step's GFLOP/s if everything else (block 1, norms, pools, loss, optimiser) cost nothing:
+    the ceiling of the whole step on this machine's convolution kernels."""
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(0)
+    cl = kernel.get("channels_last") or kernel.get("native_channels_last", False)
+    fmt = torch.channels_last if cl else torch.contiguous_format
     total, flops = 0.0, 0.0
     for size in (16, 8):
-        x = torch.randn(batch, width, size, size, generator=g).requires_grad_(True)
+        x = torch.randn(batch, width, size, size, generator=g).contiguous(memory_format=fmt)
+        x.requires_grad_(True)
         w = torch.randn(width, width, 3, 3, generator=g).requires_grad_(True)
         b = torch.zeros(width, requires_grad=True)
-        dy = torch.randn(batch, width, size, size, generator=g)
+        dy = torch.randn(batch, width, size, size, generator=g).contiguous(memory_format=fmt)
 
         def run(x=x, w=w, b=b, dy=dy):
             torch.autograd.grad(F.conv2d(x, w, b, padding=1), (x, w, b), dy)
@@ -126,7 +131,7 @@ def conv_bound(width: int, batch: int, reps: int, kernel: dict) -> dict:
         flops += 3 * 2 * 9 * width * width * size * size * batch  # forward, dW, dX
     step_s = kernel["batch"] / kernel["images_per_s"]
     return {"width": width, "batch": batch, "native": kernel.get("native", False),
-            "gemm_conv_ms": total * 1e3, "gemm_conv_gflops": flops / total / 1e9,
+            "channels_last": cl, "gemm_conv_ms": total * 1e3, "gemm_conv_gflops": flops / total / 1e9,
             "step_ms": step_s * 1e3, "share_of_step": total / step_s,
             "ceiling_gflops": kernel["gflop_per_step"] / total}
 
@@ -297,14 +302,15 @@ def markdown(report: dict) -> str:
         if k.get("slice"):
             layout += f", slices of {k['slice']}"
         if k.get("native"):
-            layout += ", native kernels"
+            layout += ", native kernels" + (" (channels_last inside)"
+                                            if k.get("native_channels_last") else "")
         lines.append(f"| {k['width']} | {k['batch']} | {layout} "
                      f"| {k['images_per_s']:.0f} | {k['gflops']:.1f} | {k['gflops'] / m['matmul_gflops']:.0%} |")
     if report.get("conv_bound"):
         lines += ["", "## What bounds the training kernels (the fastest row of each width)", "",
                   "The matrix-product convolutions of blocks 2-3 timed alone at the kernel's shapes "
-                  "(forward, weight and input gradients); \"ceiling\": the whole step's GFLOP/s "
-                  "if everything else cost nothing.", "",
+                  "and layout (forward, weight and input gradients); \"ceiling\": the whole "
+                  "step's GFLOP/s if everything else cost nothing.", "",
                   "| width | convs alone (ms/step) | their GFLOP/s | of peak | step (ms) | their share "
                   "| ceiling of the step |", "|---:|---:|---:|---:|---:|---:|---:|"]
         for b in report["conv_bound"]:

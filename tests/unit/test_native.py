@@ -71,6 +71,47 @@ def test_conv_norm_relu_pool_equals_stock_modules(cin, pad, size):
         torch.testing.assert_close(a, c, rtol=0, atol=1e-11)
 
 
+# channels_last z takes the NHWC kernels: channel counts 32/64/128 their compile-time paths, the
+# others the general one; odd planes drop their last row/column
+@pytest.mark.parametrize("shape", [(2, 32, 16, 16), (3, 64, 8, 8), (2, 128, 4, 4), (2, 5, 9, 7),
+                                   (1, 3, 2, 2), (2, 32, 7, 10)])
+def test_channels_last_norm_relu_pool_equals_stock_modules(shape):
+    g = torch.Generator().manual_seed(5)
+    z0 = torch.randn(*shape, generator=g, dtype=torch.float64)
+    z = z0.contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert not z.is_contiguous()
+    gamma, beta = _leaf(shape[1], g=g), _leaf(shape[1], g=g)
+    ref = _stock_block(z0.requires_grad_(), gamma, beta)
+    out = native.norm_relu_pool(z, gamma, beta, 1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    dp = torch.randn(ref.shape, generator=g, dtype=torch.float64)  # NCHW: converted by the kernel
+    want = torch.autograd.grad(ref, (z0, gamma, beta), dp)
+    with native.first_order():
+        got = torch.autograd.grad(native.norm_relu_pool(z, gamma, beta, 1e-5), (z, gamma, beta), dp)
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("cin,cout,pad,size", [(1, 32, 3, 28), (3, 64, 1, 32), (3, 128, 1, 8),
+                                               (2, 5, 2, 9), (1, 32, 0, 13)])
+def test_channels_last_conv_norm_relu_pool_equals_stock_modules(cin, cout, pad, size):
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, cin, size, size, generator=g, dtype=torch.float64)
+    w, b = _leaf(cout, cin, 3, 3, g=g), _leaf(cout, g=g)
+    gamma, beta = _leaf(cout, g=g), _leaf(cout, g=g)
+    ref = _stock_block(F.conv2d(x, w, b, padding=pad), gamma, beta)
+    out = native.conv_norm_relu_pool(x, w, b, gamma, beta, pad, 1e-5, channels_last=True)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    dp = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    want = torch.autograd.grad(ref, (w, b, gamma, beta), dp)
+    got = torch.autograd.grad(out, (w, b, gamma, beta), dp)
+    for a, c in zip(got, want, strict=True):
+        torch.testing.assert_close(a, c, rtol=0, atol=1e-11)
+
+
 def test_gradcheck():
     g = torch.Generator().manual_seed(2)
     z, gamma, beta = _leaf(2, 3, 6, 5, g=g), _leaf(3, g=g), _leaf(3, g=g)
@@ -79,6 +120,12 @@ def test_gradcheck():
     w, b = _leaf(3, 1, 3, 3, g=g), _leaf(3, g=g)
     assert torch.autograd.gradcheck(
         lambda *t: native.conv_norm_relu_pool(x, *t, 1, 1e-5), (w, b, gamma, beta))
+    # the channels_last kernels
+    zc = z.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *t: native.norm_relu_pool(*t, 1e-5), (zc, gamma, beta))
+    assert torch.autograd.gradcheck(
+        lambda *t: native.conv_norm_relu_pool(x, *t, 1, 1e-5, channels_last=True),
+        (w, b, gamma, beta))
 
 
 def _nodes(t):
@@ -104,8 +151,10 @@ def _train_grads(model, x, y, native_policy):
     return [p.grad.clone() for p in model.parameters()]
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
-def test_convnet_training_step_equals_stock(channels, size):
+def test_convnet_training_step_equals_stock(channels, size, channels_last, monkeypatch):
+    monkeypatch.setattr(native, "CHANNELS_LAST", channels_last)
     model = _convnet(channels=channels, size=size)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(6, channels, size, size, generator=g, dtype=torch.float64)

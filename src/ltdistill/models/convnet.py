@@ -55,14 +55,18 @@ class ConvNet(nn.Module):
                 and native.usable(x, self.features[0].weight))
 
     def _native_embed(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.features
+        """Blocks on the native kernels; activations channels_last (`native.CHANNELS_LAST`), where
+        oneDNN's convolutions run without converting to and from its blocked layout."""
+        f, cl = self.features, native.CHANNELS_LAST
         for i in range(0, len(f), 4):
             conv, norm = f[i], f[i + 1]
             pad = conv.padding[0]
             if conv.in_channels <= native.DIRECT_CONV_CHANNELS and not x.requires_grad:
                 x = native.conv_norm_relu_pool(x, conv.weight, conv.bias, norm.weight, norm.bias,
-                                               pad, norm.eps)
+                                               pad, norm.eps, channels_last=cl)
             else:
+                if cl and conv.in_channels > 1:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 x = native.norm_relu_pool(conv(x), norm.weight, norm.bias, norm.eps)
         return x.flatten(1)
 

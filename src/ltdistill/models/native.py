@@ -194,15 +194,16 @@ def first_order() -> Iterator[None]:
 
 def usable(x: torch.Tensor, *params: torch.Tensor) -> bool:
     """Whether a forward of `x` through blocks with these parameters may use the kernels: CPU,
-    float32/64, NCHW-contiguous, outside torch.func transforms and torch.compile tracing, and
-    without gradients or inside `first_order()`."""
+    float32/64, NCHW- or channels_last-contiguous, outside torch.func transforms and
+    torch.compile tracing, and without gradients or inside `first_order()`."""
     if _policy == "off" or not (_first_order or not torch.is_grad_enabled()):
         return False
     if torch.compiler.is_compiling():  # runtime.compile: Inductor fuses the stock ops itself
         return False
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dim() != 4:
         return False
-    if not x.is_contiguous() or any(is_functorch_wrapped_tensor(t) for t in (x, *params)):
+    dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+    if not dense or any(is_functorch_wrapped_tensor(t) for t in (x, *params)):
         return False
     return available()
 
@@ -231,40 +232,48 @@ class _NormReluPool(torch.autograd.Function):
 
 class _ConvNormReluPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, gamma, beta, padding, eps):
+    def forward(ctx, x, weight, bias, gamma, beta, padding, eps, channels_last):
         p, mean, rstd = torch.ops.ltdistill_native.cnrp_forward(x, weight, bias, gamma, beta,
-                                                                padding, eps)
+                                                                padding, eps, channels_last)
         ctx.save_for_backward(x, weight, bias, gamma, beta, mean, rstd)
-        ctx.padding = padding
+        ctx.padding, ctx.channels_last = padding, channels_last
         return p
 
     @staticmethod
     def backward(ctx, dp):
         _no_double_backward()
         dw, db, dgamma, dbeta = torch.ops.ltdistill_native.cnrp_backward(
-            dp, *ctx.saved_tensors, ctx.padding)
-        return None, dw, db, dgamma, dbeta, None, None
+            dp, *ctx.saved_tensors, ctx.padding, ctx.channels_last)
+        return None, dw, db, dgamma, dbeta, None, None, None
 
 
 def norm_relu_pool(z: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
                    eps: float) -> torch.Tensor:
-    """2x2 mean of ReLU(instance norm(z)) (affine gamma, beta; biased variance)."""
+    """2x2 mean of ReLU(instance norm(z)) (affine gamma, beta; biased variance), in z's layout
+    (channels_last or NCHW)."""
     return _NormReluPool.apply(z, gamma, beta, eps)
 
 
 def conv_norm_relu_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                        gamma: torch.Tensor, beta: torch.Tensor, padding: int,
-                        eps: float) -> torch.Tensor:
-    """The whole block (stride-1 square conv with `padding`) for an input that needs no gradient."""
+                        gamma: torch.Tensor, beta: torch.Tensor, padding: int, eps: float,
+                        channels_last: bool = False) -> torch.Tensor:
+    """The whole block (stride-1 square conv with `padding`) for an input that needs no gradient;
+    the output channels_last or NCHW."""
     if x.requires_grad:
         raise ValueError("conv_norm_relu_pool forms no input gradient; use a conv and "
                          "norm_relu_pool for inputs that need one")
-    return _ConvNormReluPool.apply(x, weight, bias, gamma, beta, padding, eps)
+    return _ConvNormReluPool.apply(x, weight, bias, gamma, beta, padding, eps, channels_last)
 
 
 #: the largest input channel count the whole-block kernel takes (its conv is a direct loop; wider
 #: inputs are the matrix-product convolutions PyTorch already runs near peak)
 DIRECT_CONV_CHANNELS = 4
+
+#: ConvNet blocks on these kernels keep their activations channels_last: oneDNN's convolutions of
+#: blocks 2-3 then skip the conversions to and from its blocked layout that NCHW costs (10-20% of
+#: their time at widths 32-128 on the development machine), and the kernels' loops run over a
+#: pixel's contiguous channels. False: NCHW throughout (the tests compare both).
+CHANNELS_LAST = True
 
 
 def main() -> None:

@@ -190,11 +190,20 @@ void dispatch_width(int64_t w, F&& body) {
 
 // ------------------------------------------------------------------ norm -> ReLU -> pool
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_forward_nhwc(const at::Tensor& z,
+                                                                const at::Tensor& gamma_in,
+                                                                const at::Tensor& beta_in,
+                                                                double eps);
+bool is_nhwc(const at::Tensor& t);
+
+// z's layout decides the kernels' (channels_last: the NHWC variants below; anything else is made
+// NCHW-contiguous); the output has z's layout.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_forward(const at::Tensor& z_in,
                                                            const at::Tensor& gamma_in,
                                                            const at::Tensor& beta_in,
                                                            double eps) {
   check_planes(z_in, "z");
+  if (is_nhwc(z_in)) return nrp_forward_nhwc(z_in, gamma_in, beta_in, eps);
   auto z = z_in.contiguous();
   auto gamma = like(gamma_in, z);
   auto beta = like(beta_in, z);
@@ -229,10 +238,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_forward(const at::Tensor& z_i
   return {p, mean, rstd};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_backward_nhwc(
+    const at::Tensor& dp_in, const at::Tensor& z, const at::Tensor& gamma_in,
+    const at::Tensor& beta_in, const at::Tensor& mean_in, const at::Tensor& rstd_in);
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_backward(
     const at::Tensor& dp_in, const at::Tensor& z_in, const at::Tensor& gamma_in,
     const at::Tensor& beta_in, const at::Tensor& mean_in, const at::Tensor& rstd_in) {
   check_planes(z_in, "z");
+  if (is_nhwc(z_in)) return nrp_backward_nhwc(dp_in, z_in, gamma_in, beta_in, mean_in, rstd_in);
   auto z = z_in.contiguous();
   auto dp = like(dp_in, z);
   auto gamma = like(gamma_in, z);
@@ -402,9 +416,20 @@ ConvShape conv_shape(const at::Tensor& x, const at::Tensor& weight, int64_t pad)
   return s;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cnrp_forward_nhwc(
+    const at::Tensor& x, const ConvShape& s, const at::Tensor& weight, const at::Tensor& bias,
+    const at::Tensor& gamma, const at::Tensor& beta, double eps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cnrp_backward_nhwc(
+    const at::Tensor& dp_in, const at::Tensor& x, const ConvShape& s, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& gamma, const at::Tensor& beta,
+    const at::Tensor& mean, const at::Tensor& rstd);
+
+// channels_last: the output in that layout (the NHWC variants below; the next block's conv runs
+// channels_last); the input x is read NCHW either way (few channels).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cnrp_forward(
     const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
-    const at::Tensor& gamma_in, const at::Tensor& beta_in, int64_t pad, double eps) {
+    const at::Tensor& gamma_in, const at::Tensor& beta_in, int64_t pad, double eps,
+    bool channels_last) {
   auto x = x_in.contiguous();
   const auto s = conv_shape(x, weight_in, pad);
   auto opt = x.options();
@@ -412,6 +437,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cnrp_forward(
   auto bias = like(bias_in, x);
   auto gamma = like(gamma_in, x);
   auto beta = like(beta_in, x);
+  if (channels_last) return cnrp_forward_nhwc(x, s, weight, bias, gamma, beta, eps);
   auto p = at::empty({s.n, s.c, s.ph, s.pw}, opt);
   auto mean = at::empty({s.n, s.c}, opt);
   auto rstd = at::empty({s.n, s.c}, opt);
@@ -455,18 +481,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cnrp_forward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cnrp_backward(
     const at::Tensor& dp_in, const at::Tensor& x_in, const at::Tensor& weight_in,
     const at::Tensor& bias_in, const at::Tensor& gamma_in, const at::Tensor& beta_in,
-    const at::Tensor& mean_in, const at::Tensor& rstd_in, int64_t pad) {
+    const at::Tensor& mean_in, const at::Tensor& rstd_in, int64_t pad, bool channels_last) {
   auto x = x_in.contiguous();
   const auto s = conv_shape(x, weight_in, pad);
   auto opt = x.options();
-  auto dp = like(dp_in, x);
-  TORCH_CHECK(dp.size(0) == s.n && dp.size(1) == s.c && dp.size(2) == s.ph && dp.size(3) == s.pw,
+  TORCH_CHECK(dp_in.size(0) == s.n && dp_in.size(1) == s.c && dp_in.size(2) == s.ph &&
+                  dp_in.size(3) == s.pw,
               "the pooled gradient's shape does not match the block's output");
   auto weight = like(weight_in, x);
   auto bias = like(bias_in, x);
   auto gamma = like(gamma_in, x);
   auto beta = like(beta_in, x);
   auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  if (channels_last)
+    return cnrp_backward_nhwc(dp_in, x, s, weight, bias, gamma, beta, mean, rstd);
+  auto dp = like(dp_in, x);
   const int64_t taps = s.cin * s.k * s.k;
   const int64_t per = s.c * (taps + 3);  // [dw taps | db | dgamma | dbeta] per channel
   auto part = at::empty({s.n, per}, opt);
@@ -525,6 +554,500 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cnrp_backward(
   return {dweight, dbias, dgamma, dbeta};
 }
 
+// ================================================= channels_last (NHWC) variants
+//
+// The same blocks on pixel-major planes: one image's z is (h * w) pixels x c channels. oneDNN runs
+// the matrix-product convolutions of blocks 2-3 on channels_last tensors without the reorders to
+// and from its blocked layout that NCHW costs (6 activation-sized copies per conv and step; 10-20%
+// of the convs' time at widths 32-128), and here every loop runs over the c contiguous channels of
+// a pixel: full vectors, no permutes for the 2x2 pool. Work goes one image at a time (its planes,
+// 128 KB at 32 x 32 x 32 floats, stay in L2); reductions per image run in a fixed order, then over
+// the images in order, as above.
+
+// Full-width vectors here (-march=native on AVX-512 machines otherwise prefers 256-bit ones):
+// the channel loops are 32-128 contiguous values, where 512-bit vectors halve the instructions of
+// the direct conv (~1.5x on the first block); the NCHW kernels above, whose rows are 8-16 values,
+// are faster with 256-bit ones.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("prefer-vector-width=512")
+#define LTDISTILL_POP_OPTIONS
+#endif
+
+// The channel count as a compile-time constant for the ConvNets' widths, else 0 (any count).
+template <typename F>
+void dispatch_channels(int64_t c, F&& body) {
+  using std::integral_constant;
+  switch (c) {
+    case 32: return body(integral_constant<int, 32>{});
+    case 64: return body(integral_constant<int, 64>{});
+    case 128: return body(integral_constant<int, 128>{});
+    default: return body(integral_constant<int, 0>{});
+  }
+}
+
+// Per-image scratch of n values: a plain array when the size is a compile-time constant N (so the
+// compiler keeps short accumulators in registers), else on the heap (N = 0).
+template <typename T, int N>
+struct Scratch {
+  T local[N];
+  explicit Scratch(int64_t) {}
+  T* data() { return local; }
+};
+
+template <typename T>
+struct Scratch<T, 0> {
+  std::vector<T> heap;
+  explicit Scratch(int64_t n) : heap(n) {}
+  T* data() { return heap.data(); }
+};
+
+// Pixel sums of one image run as kPix interleaved partial sums per channel (pixel p into partial
+// p % kPix; the leftover pixels into partial 0), added in order at the end: independent vector adds.
+constexpr int64_t kPix = 4;
+
+// out[ch] = sum over the m pixels p of f(p, ch)
+template <typename T, int C, typename F>
+void pixel_sum(int64_t m, int64_t c_, F f, T* __restrict out) {
+  const int64_t c = C ? C : c_;
+  Scratch<T, kPix * C> buf(kPix * c);
+  T* __restrict acc = buf.data();
+  std::fill(acc, acc + kPix * c, static_cast<T>(0));
+  int64_t p = 0;
+  for (; p + kPix <= m; p += kPix)
+#pragma GCC unroll 4
+    for (int64_t l = 0; l < kPix; ++l) {
+      T* __restrict a = acc + l * c;
+#pragma omp simd
+      for (int64_t ch = 0; ch < c; ++ch) a[ch] += f(p + l, ch);
+    }
+  for (; p < m; ++p)
+#pragma omp simd
+    for (int64_t ch = 0; ch < c; ++ch) acc[ch] += f(p, ch);
+#pragma omp simd
+  for (int64_t ch = 0; ch < c; ++ch)
+    out[ch] = ((acc[ch] + acc[c + ch]) + acc[2 * c + ch]) + acc[3 * c + ch];
+}
+
+// Per-channel mean and rstd of one image (two passes, as plane_stats; the first is skipped when the
+// caller has the pixel sums already: `sum`, else null), and the affine a, b of y = a z + b.
+template <typename T, int C>
+void image_stats(const T* __restrict z, int64_t m, int64_t c_, double eps, const T* gamma,
+                 const T* beta, const T* sum, T* mean, T* rstd, T* a, T* b) {
+  const int64_t c = C ? C : c_;
+  if (sum)
+    std::copy(sum, sum + c, mean);
+  else
+    pixel_sum<T, C>(m, c, [=](int64_t p, int64_t ch) { return z[p * c + ch]; }, mean);
+  const T inv_m = static_cast<T>(1) / static_cast<T>(m);
+  for (int64_t ch = 0; ch < c; ++ch) mean[ch] = mean[ch] / static_cast<T>(m);
+  pixel_sum<T, C>(
+      m, c,
+      [=](int64_t p, int64_t ch) { return (z[p * c + ch] - mean[ch]) * (z[p * c + ch] - mean[ch]); },
+      rstd);
+  for (int64_t ch = 0; ch < c; ++ch) {
+    T var = rstd[ch] * inv_m;
+    if (!std::isfinite(var)) var = std::numeric_limits<T>::quiet_NaN();  // as plane_stats
+    rstd[ch] = static_cast<T>(1) / std::sqrt(var + static_cast<T>(eps));
+    a[ch] = gamma[ch] * rstd[ch];
+    b[ch] = beta[ch] - mean[ch] * a[ch];
+  }
+}
+
+// p (ph x pw pixels) = 0.25 * 2x2 sums of relu(a z + b), ((y00 + y10) + (y01 + y11)) as
+// plane_forward, so both layouts pool the same values the same way.
+template <typename T, int C>
+void image_pool_forward(const T* __restrict z, int64_t w, int64_t ph, int64_t pw, int64_t c_,
+                        const T* __restrict a, const T* __restrict b, T* __restrict p) {
+  const int64_t c = C ? C : c_;
+  const T zero = static_cast<T>(0);
+  for (int64_t i = 0; i < ph; ++i)
+    for (int64_t j = 0; j < pw; ++j) {
+      const T* __restrict z00 = z + ((2 * i) * w + 2 * j) * c;
+      const T* __restrict z01 = z00 + c;
+      const T* __restrict z10 = z00 + w * c;
+      const T* __restrict z11 = z10 + c;
+      T* __restrict out = p + (i * pw + j) * c;
+#pragma omp simd
+      for (int64_t ch = 0; ch < c; ++ch) {
+        T v00 = a[ch] * z00[ch] + b[ch], v01 = a[ch] * z01[ch] + b[ch];
+        T v10 = a[ch] * z10[ch] + b[ch], v11 = a[ch] * z11[ch] + b[ch];
+        v00 = v00 < zero ? zero : v00;
+        v01 = v01 < zero ? zero : v01;
+        v10 = v10 < zero ? zero : v10;
+        v11 = v11 < zero ? zero : v11;
+        out[ch] = static_cast<T>(0.25) * ((v00 + v10) + (v01 + v11));
+      }
+    }
+}
+
+// The backward of norm -> ReLU -> pool for one image: g (h x w pixels) = dz. dp: the image's
+// pooled gradient; d_gamma, d_beta: this image's partial sums (c each); d_sum (if not null): the
+// sum of dz over the pixels (the conv bias's gradient), formed while dz is written. Two passes:
+// the ReLU/pool gradient with its sums (four partial sums, one per position in the 2x2 block),
+// then the norm's.
+template <typename T, int C>
+void image_backward(const T* __restrict z, const T* __restrict dp, int64_t h, int64_t w,
+                    int64_t ph, int64_t pw, int64_t c_, const T* gamma, const T* mean,
+                    const T* rstd, const T* beta, T* __restrict g, T* d_gamma, T* d_beta,
+                    T* d_sum) {
+  const int64_t c = C ? C : c_, m = h * w;
+  Scratch<T, 4 * C> coef(4 * c);
+  T *a = coef.data(), *b = a + c, *k1 = b + c, *k0 = k1 + c;
+  for (int64_t ch = 0; ch < c; ++ch) {
+    a[ch] = gamma[ch] * rstd[ch];
+    b[ch] = beta[ch] - mean[ch] * a[ch];
+  }
+  const T zero = static_cast<T>(0);
+  // sum g and sum g z per channel (explicit loops, not std::fill: a memset, like any access outside
+  // the vector loops, would keep these accumulators out of registers)
+  Scratch<T, 2 * C> sums(2 * c);
+  T *sg = sums.data(), *sgz = sg + c;
+  for (int64_t q = 0; q < 2 * c; ++q) sg[q] = zero;
+  // g = dp / 4 on each 2x2 block, masked by the ReLU
+  for (int64_t i = 0; i < ph; ++i)
+    for (int64_t j = 0; j < pw; ++j) {
+      const T* __restrict d = dp + (i * pw + j) * c;
+      const int64_t q = (2 * i) * w + 2 * j;
+      const T* __restrict z00 = z + q * c;
+      const T* __restrict z01 = z00 + c;
+      const T* __restrict z10 = z00 + w * c;
+      const T* __restrict z11 = z10 + c;
+      T* __restrict g00 = g + q * c;
+      T* __restrict g01 = g00 + c;
+      T* __restrict g10 = g00 + w * c;
+      T* __restrict g11 = g10 + c;
+#pragma omp simd
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const T dv = static_cast<T>(0.25) * d[ch];
+        const T v00 = (a[ch] * z00[ch] + b[ch] > zero) ? dv : zero;
+        const T v01 = (a[ch] * z01[ch] + b[ch] > zero) ? dv : zero;
+        const T v10 = (a[ch] * z10[ch] + b[ch] > zero) ? dv : zero;
+        const T v11 = (a[ch] * z11[ch] + b[ch] > zero) ? dv : zero;
+        g00[ch] = v00;
+        g01[ch] = v01;
+        g10[ch] = v10;
+        g11[ch] = v11;
+        sg[ch] += (v00 + v10) + (v01 + v11);
+        sgz[ch] += (v00 * z00[ch] + v10 * z10[ch]) + (v01 * z01[ch] + v11 * z11[ch]);
+      }
+    }
+  // zero on the dropped last row/column of odd planes
+  for (int64_t i = 0; i < h; ++i)
+    for (int64_t j = (i < 2 * ph ? 2 * pw : 0); j < w; ++j)
+      std::fill(g + (i * w + j) * c, g + (i * w + j + 1) * c, zero);
+  const T inv_m = static_cast<T>(1) / static_cast<T>(m);
+#pragma omp simd
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const T sgx = rstd[ch] * (sgz[ch] - mean[ch] * sg[ch]);  // sum g * xhat
+    k1[ch] = -a[ch] * rstd[ch] * sgx * inv_m;
+    k0[ch] = -a[ch] * sg[ch] * inv_m - k1[ch] * mean[ch];
+    d_gamma[ch] = sgx;
+    d_beta[ch] = sg[ch];
+  }
+  // dz = a g + k1 z + k0, and its pixel sum
+  Scratch<T, C> total(c);
+  T* __restrict acc = total.data();
+  for (int64_t ch = 0; ch < c; ++ch) acc[ch] = zero;
+  for (int64_t q = 0; q < m; ++q) {
+    T* __restrict gq = g + q * c;
+    const T* __restrict zq = z + q * c;
+#pragma omp simd
+    for (int64_t ch = 0; ch < c; ++ch) {
+      gq[ch] = a[ch] * gq[ch] + k1[ch] * zq[ch] + k0[ch];
+      acc[ch] += gq[ch];
+    }
+  }
+  if (d_sum) std::copy(acc, acc + c, d_sum);
+}
+
+// t as a tensor of ref's dtype in channels_last layout
+at::Tensor like_cl(const at::Tensor& t, const at::Tensor& ref) {
+  return t.to(ref.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// Whether an N x C x H x W tensor is laid out channels_last and not also NCHW-contiguous (one
+// channel or one pixel: both layouts are the same memory, and the NCHW kernels take it).
+bool is_nhwc(const at::Tensor& t) {
+  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_forward_nhwc(const at::Tensor& z,
+                                                                const at::Tensor& gamma_in,
+                                                                const at::Tensor& beta_in,
+                                                                double eps) {
+  auto gamma = like(gamma_in, z);
+  auto beta = like(beta_in, z);
+  const int64_t n = z.size(0), c = z.size(1), h = z.size(2), w = z.size(3);
+  const int64_t ph = h / 2, pw = w / 2;
+  auto p = at::empty({n, c, ph, pw}, z.options(), at::MemoryFormat::ChannelsLast);
+  auto mean = at::empty({n, c}, z.options());
+  auto rstd = at::empty({n, c}, z.options());
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "nrp_forward_nhwc", [&] {
+    const scalar_t* zp = z.data_ptr<scalar_t>();
+    const scalar_t* gp = gamma.data_ptr<scalar_t>();
+    const scalar_t* bp = beta.data_ptr<scalar_t>();
+    scalar_t* pp = p.data_ptr<scalar_t>();
+    scalar_t* mp = mean.data_ptr<scalar_t>();
+    scalar_t* rp = rstd.data_ptr<scalar_t>();
+    dispatch_channels(c, [&](auto c_const) {
+      constexpr int C = decltype(c_const)::value;
+      at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> ab(2 * c);
+        for (int64_t img = begin; img < end; ++img) {
+          const scalar_t* zi = zp + img * h * w * c;
+          image_stats<scalar_t, C>(zi, h * w, c, eps, gp, bp, nullptr, mp + img * c, rp + img * c,
+                                   ab.data(), ab.data() + c);
+          image_pool_forward<scalar_t, C>(zi, w, ph, pw, c, ab.data(), ab.data() + c,
+                                          pp + img * ph * pw * c);
+        }
+      });
+    });
+  });
+  return {p, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_backward_nhwc(
+    const at::Tensor& dp_in, const at::Tensor& z, const at::Tensor& gamma_in,
+    const at::Tensor& beta_in, const at::Tensor& mean_in, const at::Tensor& rstd_in) {
+  auto dp = like_cl(dp_in, z);
+  auto gamma = like(gamma_in, z);
+  auto beta = like(beta_in, z);
+  auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  const int64_t n = z.size(0), c = z.size(1), h = z.size(2), w = z.size(3);
+  const int64_t ph = h / 2, pw = w / 2;
+  auto dz = at::empty({n, c, h, w}, z.options(), at::MemoryFormat::ChannelsLast);
+  auto part = at::empty({n, 2, c}, z.options());  // [image][dgamma | dbeta][channel]
+  auto dgamma = at::empty({c}, z.options());
+  auto dbeta = at::empty({c}, z.options());
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "nrp_backward_nhwc", [&] {
+    const scalar_t* zp = z.data_ptr<scalar_t>();
+    const scalar_t* dpp = dp.data_ptr<scalar_t>();
+    const scalar_t* gp = gamma.data_ptr<scalar_t>();
+    const scalar_t* bp = beta.data_ptr<scalar_t>();
+    const scalar_t* mp = mean.data_ptr<scalar_t>();
+    const scalar_t* rp = rstd.data_ptr<scalar_t>();
+    scalar_t* dzp = dz.data_ptr<scalar_t>();
+    scalar_t* pa = part.data_ptr<scalar_t>();
+    dispatch_channels(c, [&](auto c_const) {
+      constexpr int C = decltype(c_const)::value;
+      at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t img = begin; img < end; ++img)
+          image_backward<scalar_t, C>(zp + img * h * w * c, dpp + img * ph * pw * c, h, w, ph,
+                                      pw, c, gp, mp + img * c, rp + img * c, bp,
+                                      dzp + img * h * w * c, pa + img * 2 * c,
+                                      pa + img * 2 * c + c, nullptr);
+      });
+    });
+    std::vector<scalar_t> total(2 * c);
+    sum_rows(pa, n, 2 * c, total.data());
+    std::copy(total.begin(), total.begin() + c, dgamma.data_ptr<scalar_t>());
+    std::copy(total.begin() + c, total.end(), dbeta.data_ptr<scalar_t>());
+  });
+  return {dz, dgamma, dbeta};
+}
+
+// Output pixels per register block of the direct conv: PB pixels x C channels of accumulators
+// (16 vectors of floats at C = 32, 64 or 128), reused across every tap.
+template <int C>
+constexpr int conv_pixels() {
+  return C == 32 ? 8 : C == 64 ? 4 : C == 128 ? 2 : 1;
+}
+
+// z (ho x wo pixels x c) = bias + the conv of the padded input planes xpad (cin x hp x wp) with wt
+// (taps x c: the weight transposed so that a tap's c values are contiguous); sum (c) = the pixel
+// sums of z, formed as the blocks are stored (the norm's mean without another pass; and a store
+// loop the compiler cannot turn into a memmove of the register-held accumulators).
+template <typename T, int K, int C>
+void image_conv_nhwc(const T* __restrict xpad, const ConvShape& s, const T* __restrict wt,
+                     const T* __restrict bias, T* __restrict z, T* __restrict sum) {
+  const int64_t k = K ? K : s.k, c = C ? C : s.c;
+  constexpr int PB = conv_pixels<C>();
+  std::fill(sum, sum + c, static_cast<T>(0));
+  // NB pixels from (i, j0): accumulators start at zero (bias added at the store: initialising
+  // them from memory stalled on store forwarding), the row's sums go to rs
+  auto block = [&](int64_t i, int64_t j0, auto nb_const, T* __restrict rs) {
+    constexpr int NB = decltype(nb_const)::value;
+    Scratch<T, NB * C> buf(NB * c);
+    T* __restrict acc = buf.data();
+    for (int64_t q = 0; q < NB * c; ++q) acc[q] = static_cast<T>(0);
+    for (int64_t ci = 0; ci < s.cin; ++ci)
+      for (int64_t kh = 0; kh < k; ++kh) {
+        const T* __restrict src = xpad + (ci * s.hp + i + kh) * s.wp + j0;
+        for (int64_t kw = 0; kw < k; ++kw) {
+          const T* __restrict wv = wt + ((ci * k + kh) * k + kw) * c;
+          for (int64_t pb = 0; pb < NB; ++pb) {
+            const T xv = src[pb + kw];
+#pragma omp simd
+            for (int64_t ch = 0; ch < c; ++ch) acc[pb * c + ch] += wv[ch] * xv;
+          }
+        }
+      }
+    T* __restrict out = z + (i * s.wo + j0) * c;
+    for (int64_t pb = 0; pb < NB; ++pb)
+#pragma omp simd
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const T v = acc[pb * c + ch] + bias[ch];
+        out[pb * c + ch] = v;
+        rs[ch] += v;
+      }
+  };
+  Scratch<T, C> row_sum(c);
+  T* __restrict rs = row_sum.data();
+  for (int64_t i = 0; i < s.ho; ++i) {
+    for (int64_t ch = 0; ch < c; ++ch) rs[ch] = static_cast<T>(0);
+    int64_t j = 0;
+    for (; j + PB <= s.wo; j += PB) block(i, j, std::integral_constant<int, PB>{}, rs);
+    for (; j < s.wo; ++j) block(i, j, std::integral_constant<int, 1>{}, rs);
+    for (int64_t ch = 0; ch < c; ++ch) sum[ch] += rs[ch];
+  }
+}
+
+// The conv's weight gradient of one image from dz (pixels x c): out (taps x c), the taps'
+// correlations of dz with the shifted input planes. Channels in blocks
+// of 32 (their 9 taps' accumulators fit in registers), input channels one at a time.
+template <typename T, int K, int C>
+void image_conv_grad_nhwc(const T* __restrict xpad, const T* __restrict dz, const ConvShape& s,
+                          T* __restrict out) {
+  const int64_t k = K ? K : s.k, c = C ? C : s.c, taps = s.cin * k * k;
+  constexpr int CB = C > 32 ? 32 : C;
+  const int64_t cb_n = CB ? CB : c;
+  Scratch<T, (K ? K * K : 0) * CB> buf(k * k * cb_n);
+  T* __restrict acc = buf.data();
+  for (int64_t ci = 0; ci < s.cin; ++ci)
+    for (int64_t c0 = 0; c0 < c; c0 += cb_n) {
+      std::fill(acc, acc + k * k * cb_n, static_cast<T>(0));
+      for (int64_t i = 0; i < s.ho; ++i)
+        for (int64_t j = 0; j < s.wo; ++j) {
+          const T* __restrict d = dz + (i * s.wo + j) * c + c0;
+          for (int64_t kh = 0; kh < k; ++kh) {
+            const T* __restrict src = xpad + (ci * s.hp + i + kh) * s.wp + j;
+            for (int64_t kw = 0; kw < k; ++kw) {
+              const T xv = src[kw];
+              T* __restrict a = acc + (kh * k + kw) * cb_n;
+#pragma omp simd
+              for (int64_t ch = 0; ch < cb_n; ++ch) a[ch] += d[ch] * xv;
+            }
+          }
+        }
+      for (int64_t t = 0; t < k * k; ++t)
+        std::copy(acc + t * cb_n, acc + (t + 1) * cb_n, out + (ci * k * k + t) * c + c0);
+    }
+}
+
+// The conv's kernel size as a compile-time constant for 3x3 convs, else 0.
+template <typename F>
+void dispatch_k(int64_t k, F&& body) {
+  if (k == 3) return body(std::integral_constant<int, 3>{});
+  return body(std::integral_constant<int, 0>{});
+}
+
+// weight (c x taps) transposed to (taps x c)
+template <typename T>
+std::vector<T> taps_major(const T* w, int64_t c, int64_t taps) {
+  std::vector<T> t(taps * c);
+  for (int64_t ch = 0; ch < c; ++ch)
+    for (int64_t q = 0; q < taps; ++q) t[q * c + ch] = w[ch * taps + q];
+  return t;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cnrp_forward_nhwc(
+    const at::Tensor& x, const ConvShape& s, const at::Tensor& weight, const at::Tensor& bias,
+    const at::Tensor& gamma, const at::Tensor& beta, double eps) {
+  auto opt = x.options();
+  auto p = at::empty({s.n, s.c, s.ph, s.pw}, opt, at::MemoryFormat::ChannelsLast);
+  auto mean = at::empty({s.n, s.c}, opt);
+  auto rstd = at::empty({s.n, s.c}, opt);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnrp_forward_nhwc", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const auto wt = taps_major(weight.data_ptr<scalar_t>(), s.c, s.cin * s.k * s.k);
+    const scalar_t* bs = bias.data_ptr<scalar_t>();
+    const scalar_t* gp = gamma.data_ptr<scalar_t>();
+    const scalar_t* bp = beta.data_ptr<scalar_t>();
+    scalar_t* pp = p.data_ptr<scalar_t>();
+    scalar_t* mp = mean.data_ptr<scalar_t>();
+    scalar_t* rp = rstd.data_ptr<scalar_t>();
+    dispatch_k(s.k, [&](auto k_const) {
+      dispatch_channels(s.c, [&](auto c_const) {
+        constexpr int K = decltype(k_const)::value, C = decltype(c_const)::value;
+        at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+          std::vector<scalar_t> xpad(s.cin * s.hp * s.wp), z(s.ho * s.wo * s.c), ab(3 * s.c);
+          scalar_t* sum = ab.data() + 2 * s.c;
+          for (int64_t img = begin; img < end; ++img) {
+            pad_image(xp + img * s.cin * s.h * s.w, s.cin, s.h, s.w, s.pad, xpad.data());
+            image_conv_nhwc<scalar_t, K, C>(xpad.data(), s, wt.data(), bs, z.data(), sum);
+            image_stats<scalar_t, C>(z.data(), s.ho * s.wo, s.c, eps, gp, bp, sum, mp + img * s.c,
+                                     rp + img * s.c, ab.data(), ab.data() + s.c);
+            image_pool_forward<scalar_t, C>(z.data(), s.wo, s.ph, s.pw, s.c, ab.data(),
+                                            ab.data() + s.c, pp + img * s.ph * s.pw * s.c);
+          }
+        });
+      });
+    });
+  });
+  return {p, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cnrp_backward_nhwc(
+    const at::Tensor& dp_in, const at::Tensor& x, const ConvShape& s, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& gamma, const at::Tensor& beta,
+    const at::Tensor& mean, const at::Tensor& rstd) {
+  auto opt = x.options();
+  auto dp = like_cl(dp_in, x);
+  const int64_t taps = s.cin * s.k * s.k;
+  const int64_t per = (taps + 3) * s.c;  // per image: [dw taps | db | dgamma | dbeta] x channel
+  auto part = at::empty({s.n, per}, opt);
+  auto dweight = at::empty({s.c, s.cin, s.k, s.k}, opt);
+  auto dbias = at::empty({s.c}, opt);
+  auto dgamma = at::empty({s.c}, opt);
+  auto dbeta = at::empty({s.c}, opt);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnrp_backward_nhwc", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* dpp = dp.data_ptr<scalar_t>();
+    const auto wt = taps_major(weight.data_ptr<scalar_t>(), s.c, taps);
+    const scalar_t* bs = bias.data_ptr<scalar_t>();
+    const scalar_t* gp = gamma.data_ptr<scalar_t>();
+    const scalar_t* bp = beta.data_ptr<scalar_t>();
+    const scalar_t* mp = mean.data_ptr<scalar_t>();
+    const scalar_t* rp = rstd.data_ptr<scalar_t>();
+    scalar_t* pa = part.data_ptr<scalar_t>();
+    dispatch_k(s.k, [&](auto k_const) {
+      dispatch_channels(s.c, [&](auto c_const) {
+        constexpr int K = decltype(k_const)::value, C = decltype(c_const)::value;
+        at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+          std::vector<scalar_t> xpad(s.cin * s.hp * s.wp), z(s.ho * s.wo * s.c),
+              g(s.ho * s.wo * s.c), sum(s.c);
+          for (int64_t img = begin; img < end; ++img) {
+            pad_image(xp + img * s.cin * s.h * s.w, s.cin, s.h, s.w, s.pad, xpad.data());
+            image_conv_nhwc<scalar_t, K, C>(xpad.data(), s, wt.data(), bs, z.data(), sum.data());
+            scalar_t* out = pa + img * per;
+            image_backward<scalar_t, C>(z.data(), dpp + img * s.ph * s.pw * s.c, s.ho, s.wo,
+                                        s.ph, s.pw, s.c, gp, mp + img * s.c, rp + img * s.c, bp,
+                                        g.data(), out + (taps + 1) * s.c, out + (taps + 2) * s.c,
+                                        out + taps * s.c);
+            // g now holds dz: the conv's weight gradient is its correlation with the input
+            image_conv_grad_nhwc<scalar_t, K, C>(xpad.data(), g.data(), s, out);
+          }
+        });
+      });
+    });
+    std::vector<scalar_t> total(per);
+    sum_rows(pa, s.n, per, total.data());
+    scalar_t* dw = dweight.data_ptr<scalar_t>();
+    for (int64_t ch = 0; ch < s.c; ++ch) {
+      for (int64_t q = 0; q < taps; ++q) dw[ch * taps + q] = total[q * s.c + ch];
+      dbias.data_ptr<scalar_t>()[ch] = total[taps * s.c + ch];
+      dgamma.data_ptr<scalar_t>()[ch] = total[(taps + 1) * s.c + ch];
+      dbeta.data_ptr<scalar_t>()[ch] = total[(taps + 2) * s.c + ch];
+    }
+  });
+  return {dweight, dbias, dgamma, dbeta};
+}
+
+#ifdef LTDISTILL_POP_OPTIONS
+#pragma GCC pop_options
+#endif
+
 }  // namespace
 
 TORCH_LIBRARY(ltdistill_native, m) {
@@ -532,9 +1055,10 @@ TORCH_LIBRARY(ltdistill_native, m) {
   m.def("nrp_backward(Tensor dp, Tensor z, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd)"
         " -> (Tensor, Tensor, Tensor)");
   m.def("cnrp_forward(Tensor x, Tensor weight, Tensor bias, Tensor gamma, Tensor beta, int pad,"
-        " float eps) -> (Tensor, Tensor, Tensor)");
+        " float eps, bool channels_last) -> (Tensor, Tensor, Tensor)");
   m.def("cnrp_backward(Tensor dp, Tensor x, Tensor weight, Tensor bias, Tensor gamma,"
-        " Tensor beta, Tensor mean, Tensor rstd, int pad) -> (Tensor, Tensor, Tensor, Tensor)");
+        " Tensor beta, Tensor mean, Tensor rstd, int pad, bool channels_last)"
+        " -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(ltdistill_native, CPU, m) {
