@@ -69,8 +69,8 @@ def micro_batch_size(model: nn.Module, device: torch.device | str,
 def _runs_native_blocks(model: nn.Module) -> bool:
     """A ConvNet whose blocks run as the native kernels (models/native.py) keeps each block's
     intermediates in cache by itself; slicing its batch only adds calls (width 32, batch 256:
-    8,679 images/s whole against 7,370 in slices of 32 on 2 threads, 4,500-4,860 against
-    4,370-4,430 on 1; docs/performance.md, stop 17)."""
+    13,756 images/s whole against 9,540 in slices of 32 on 2 threads; docs/performance.md,
+    stop 18)."""
     check = getattr(model, "native_blocks", None)
     return bool(callable(check) and check())
 

@@ -54,15 +54,22 @@ def test_norm_relu_pool_equals_stock_modules(shape):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
 
 
-@pytest.mark.parametrize("cin,pad,size", [(1, 3, 28), (3, 1, 32), (1, 1, 64), (2, 2, 9),
-                                          (1, 0, 12)])
-def test_conv_norm_relu_pool_equals_stock_modules(cin, pad, size):
+# NCHW output: the compile-time shapes (3x3 at 28/32/64 px) and the general path; channels_last:
+# channel counts 32/64/128 (compile-time) and 5/6 (general), paddings 0-3, odd planes
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("cin,cout,pad,size", [(1, 6, 3, 28), (3, 6, 1, 32), (1, 6, 1, 64),
+                                               (2, 6, 2, 9), (1, 6, 0, 12), (1, 32, 3, 28),
+                                               (3, 64, 1, 32), (3, 128, 1, 8), (2, 5, 2, 9),
+                                               (1, 32, 0, 13)])
+def test_conv_norm_relu_pool_equals_stock_modules(cin, cout, pad, size, channels_last):
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(3, cin, size, size, generator=g, dtype=torch.float64)
-    w, b = _leaf(6, cin, 3, 3, g=g), _leaf(6, g=g)
-    gamma, beta = _leaf(6, g=g), _leaf(6, g=g)
+    x = torch.randn(2, cin, size, size, generator=g, dtype=torch.float64)
+    w, b = _leaf(cout, cin, 3, 3, g=g), _leaf(cout, g=g)
+    gamma, beta = _leaf(cout, g=g), _leaf(cout, g=g)
     ref = _stock_block(F.conv2d(x, w, b, padding=pad), gamma, beta)
-    out = native.conv_norm_relu_pool(x, w, b, gamma, beta, pad, 1e-5)
+    out = native.conv_norm_relu_pool(x, w, b, gamma, beta, pad, 1e-5, channels_last=channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert out.is_contiguous(memory_format=fmt)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     dp = torch.randn(ref.shape, generator=g, dtype=torch.float64)
     want = torch.autograd.grad(ref, (w, b, gamma, beta), dp)
@@ -94,24 +101,6 @@ def test_channels_last_norm_relu_pool_equals_stock_modules(shape):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
 
 
-@pytest.mark.parametrize("cin,cout,pad,size", [(1, 32, 3, 28), (3, 64, 1, 32), (3, 128, 1, 8),
-                                               (2, 5, 2, 9), (1, 32, 0, 13)])
-def test_channels_last_conv_norm_relu_pool_equals_stock_modules(cin, cout, pad, size):
-    g = torch.Generator().manual_seed(6)
-    x = torch.randn(2, cin, size, size, generator=g, dtype=torch.float64)
-    w, b = _leaf(cout, cin, 3, 3, g=g), _leaf(cout, g=g)
-    gamma, beta = _leaf(cout, g=g), _leaf(cout, g=g)
-    ref = _stock_block(F.conv2d(x, w, b, padding=pad), gamma, beta)
-    out = native.conv_norm_relu_pool(x, w, b, gamma, beta, pad, 1e-5, channels_last=True)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
-    dp = torch.randn(ref.shape, generator=g, dtype=torch.float64)
-    want = torch.autograd.grad(ref, (w, b, gamma, beta), dp)
-    got = torch.autograd.grad(out, (w, b, gamma, beta), dp)
-    for a, c in zip(got, want, strict=True):
-        torch.testing.assert_close(a, c, rtol=0, atol=1e-11)
-
-
 def test_gradcheck():
     g = torch.Generator().manual_seed(2)
     z, gamma, beta = _leaf(2, 3, 6, 5, g=g), _leaf(3, g=g), _leaf(3, g=g)
@@ -140,8 +129,8 @@ def _nodes(t):
     return {type(n).__name__ for n in seen}
 
 
-def _convnet(dtype=torch.float64, channels=1, size=28):
-    return build_model(ModelSpec("convnet3", channels, 10, size, width=16), seed=0).to(dtype)
+def _convnet(dtype=torch.float64, channels=1, size=28, width=16):
+    return build_model(ModelSpec("convnet3", channels, 10, size, width=width), seed=0).to(dtype)
 
 
 def _train_grads(model, x, y, native_policy):
@@ -204,8 +193,9 @@ def test_only_first_order_or_gradient_free_passes_use_the_kernels():
             torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
 
 
-def test_results_do_not_depend_on_the_thread_count():
-    model = _convnet(torch.float32)
+@pytest.mark.parametrize("width", [16, 32])  # the general and a compile-time channel count
+def test_results_do_not_depend_on_the_thread_count(width):
+    model = _convnet(torch.float32, width=width)
     x = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(4))
     y = torch.arange(32) % 10
     threads = torch.get_num_threads()

@@ -4,12 +4,14 @@ Evaluation and expert training of the width-32 ConvNet-3 that the CPU grid runs 
 step outside the convolutions' matrix products: instance norm, ReLU and the 2x2 pool each make
 passes over the first block's activations (256 x 32 x 32 x 32 floats, 33 MB at batch 256), and
 the first convolution, with one input channel, is a 9-deep matrix product that PyTorch's kernels
-run at 24-44 GFLOP/s. Measured on the development machine (2 cores; docs/performance.md, stop
-17): 59 ms per step of batch 256, of which the matrix-product convolutions of blocks 2-3 took ~15;
-with these kernels ~30 ms (8,679 against ~4,100 images/s, 47% instead of 22% of the same run's
-fp32 matmul peak; width 128: 966 against ~630 images/s).
+run at 24-44 GFLOP/s. Measured on the development machine (2 cores; docs/performance.md, stops
+17-18): 59 ms per step of batch 256, of which the matrix-product convolutions of blocks 2-3 took
+~15; with these kernels (NCHW, stop 17) ~26-29 ms, and with the activations channels_last (stop
+18, below) ~19 ms: 13,756 against ~4,100 images/s, 67% instead of 20% of the same run's fp32
+matmul peak (width 128: 1,173 against ~690 images/s, 86%).
 
-Two kernels do that work one (image, channel) plane at a time while the plane sits in cache:
+Two kernels do that work one image (channels_last) or one (image, channel) plane (NCHW) at a time
+while it sits in cache:
 - `norm_relu_pool(z, gamma, beta, eps)`: instance norm -> ReLU -> 2x2 mean. Forward: one read of
   z, one write of the pooled output. Backward: reads z and the pooled gradient, writes dz.
 - `conv_norm_relu_pool(x, weight, bias, gamma, beta, padding, eps)`: the whole block for inputs
@@ -17,6 +19,13 @@ Two kernels do that work one (image, channel) plane at a time while the plane si
   pools it in cache, the backward recomputes it from the input plane and forms the weight
   gradient from dz in cache. The input's gradient is not formed (the first block's input is data;
   a caller that needs it gets `norm_relu_pool` after a stock conv).
+
+Layout (`CHANNELS_LAST`, default True): `ConvNet` keeps the activations of blocks on these kernels
+channels_last, so oneDNN runs the convolutions of blocks 2-3 on NHWC tensors directly instead of
+converting NCHW to and from its blocked layout around each one (6 activation-sized copies per
+conv and step; 10-20% of the convolutions' time at widths 32-128 here), and the kernels' loops run
+over a pixel's contiguous channels with 512-bit vectors where the CPU has them. `norm_relu_pool`
+follows z's layout; `conv_norm_relu_pool(..., channels_last=True)` writes its output NHWC.
 
 Backward algebra (per plane of M values; a = gamma * rstd, b = beta - mean * a, y = a z + b):
 g = upsampled pooled gradient / 4, masked by y > 0; with sg = sum g, sgz = sum g z and
@@ -31,7 +40,7 @@ equal the stock modules' up to float summation order (tests/unit/test_native.py:
 1e-12, gradcheck, a whole training run).
 
 The library is compiled once per machine type with the system C++ compiler (`CXX`, else c++) and
-PyTorch's headers (~8 s), with -march=native, into `$LTDISTILL_CACHE` (default
+PyTorch's headers (~20 s), with -march=native, into `$LTDISTILL_CACHE` (default
 ~/.cache/ltdistill)/native, keyed by the source, torch's version, the compiler and the CPU's
 flags, so a cluster's login and compute nodes with different CPUs each build their own; the .so is
 written under a temporary name and renamed, so concurrent jobs never load a half-written file.

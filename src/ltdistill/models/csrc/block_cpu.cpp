@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <new>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -154,6 +155,25 @@ void plane_norm_grad(const T* z, T* g, int64_t m, Stats<T> st, T gamma, T sg, T 
   *dbeta = sg;
 }
 
+// A per-thread work buffer of n values: 64-byte aligned, so that full-vector loads and stores of
+// rows whose length is a multiple of 16 floats never straddle two cache lines (std::vector's 16-byte
+// alignment split every 512-bit store of the channels_last kernels in two), and uninitialised
+// (every kernel writes it before reading it; zeroing cost a memset per call).
+template <typename T>
+class Buffer {
+ public:
+  explicit Buffer(int64_t n)
+      : p_(static_cast<T*>(::operator new[](std::max<int64_t>(n, 1) * sizeof(T),
+                                            std::align_val_t(64)))) {}
+  ~Buffer() { ::operator delete[](p_, std::align_val_t(64)); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  T* data() { return p_; }
+
+ private:
+  T* p_;
+};
+
 // Sum rows of an (n x k) partial-sum buffer into out (k), in a fixed order.
 template <typename T>
 void sum_rows(const T* part, int64_t n, int64_t k, T* out) {
@@ -188,114 +208,7 @@ void dispatch_width(int64_t w, F&& body) {
   }
 }
 
-// ------------------------------------------------------------------ norm -> ReLU -> pool
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_forward_nhwc(const at::Tensor& z,
-                                                                const at::Tensor& gamma_in,
-                                                                const at::Tensor& beta_in,
-                                                                double eps);
-bool is_nhwc(const at::Tensor& t);
-
-// z's layout decides the kernels' (channels_last: the NHWC variants below; anything else is made
-// NCHW-contiguous); the output has z's layout.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_forward(const at::Tensor& z_in,
-                                                           const at::Tensor& gamma_in,
-                                                           const at::Tensor& beta_in,
-                                                           double eps) {
-  check_planes(z_in, "z");
-  if (is_nhwc(z_in)) return nrp_forward_nhwc(z_in, gamma_in, beta_in, eps);
-  auto z = z_in.contiguous();
-  auto gamma = like(gamma_in, z);
-  auto beta = like(beta_in, z);
-  const int64_t n = z.size(0), c = z.size(1), h = z.size(2), w = z.size(3);
-  const int64_t ph = h / 2, pw = w / 2;
-  auto p = at::empty({n, c, ph, pw}, z.options());
-  auto mean = at::empty({n, c}, z.options());
-  auto rstd = at::empty({n, c}, z.options());
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "nrp_forward", [&] {
-    const scalar_t* zp = z.data_ptr<scalar_t>();
-    const scalar_t* gp = gamma.data_ptr<scalar_t>();
-    const scalar_t* bp = beta.data_ptr<scalar_t>();
-    scalar_t* pp = p.data_ptr<scalar_t>();
-    scalar_t* mp = mean.data_ptr<scalar_t>();
-    scalar_t* rp = rstd.data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, h * w));
-    dispatch_width(w, [&](auto w_const) {
-      constexpr int W = decltype(w_const)::value;
-      at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
-        for (int64_t q = begin; q < end; ++q) {
-          const scalar_t* zq = zp + q * h * w;
-          auto st = plane_stats(zq, h * w, eps);
-          const scalar_t a = gp[q % c] * st.rstd;
-          const scalar_t b = bp[q % c] - st.mean * a;
-          plane_forward<scalar_t, W>(zq, w, ph, pw, a, b, pp + q * ph * pw);
-          mp[q] = st.mean;
-          rp[q] = st.rstd;
-        }
-      });
-    });
-  });
-  return {p, mean, rstd};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_backward_nhwc(
-    const at::Tensor& dp_in, const at::Tensor& z, const at::Tensor& gamma_in,
-    const at::Tensor& beta_in, const at::Tensor& mean_in, const at::Tensor& rstd_in);
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_backward(
-    const at::Tensor& dp_in, const at::Tensor& z_in, const at::Tensor& gamma_in,
-    const at::Tensor& beta_in, const at::Tensor& mean_in, const at::Tensor& rstd_in) {
-  check_planes(z_in, "z");
-  if (is_nhwc(z_in)) return nrp_backward_nhwc(dp_in, z_in, gamma_in, beta_in, mean_in, rstd_in);
-  auto z = z_in.contiguous();
-  auto dp = like(dp_in, z);
-  auto gamma = like(gamma_in, z);
-  auto beta = like(beta_in, z);
-  auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
-  const int64_t n = z.size(0), c = z.size(1), h = z.size(2), w = z.size(3);
-  const int64_t ph = h / 2, pw = w / 2;
-  TORCH_CHECK(dp.size(0) == n && dp.size(1) == c && dp.size(2) == ph && dp.size(3) == pw,
-              "the pooled gradient's shape does not match the block's output");
-  auto dz = at::empty_like(z);
-  auto part = at::empty({n, 2, c}, z.options());  // [image][dgamma | dbeta][channel]
-  auto dgamma = at::empty({c}, z.options());
-  auto dbeta = at::empty({c}, z.options());
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "nrp_backward", [&] {
-    const scalar_t* zp = z.data_ptr<scalar_t>();
-    const scalar_t* dpp = dp.data_ptr<scalar_t>();
-    const scalar_t* gp = gamma.data_ptr<scalar_t>();
-    const scalar_t* bp = beta.data_ptr<scalar_t>();
-    const scalar_t* mp = mean.data_ptr<scalar_t>();
-    const scalar_t* rp = rstd.data_ptr<scalar_t>();
-    scalar_t* dzp = dz.data_ptr<scalar_t>();
-    scalar_t* pa = part.data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, h * w));
-    dispatch_width(w, [&](auto w_const) {
-      constexpr int W = decltype(w_const)::value;
-      at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
-        for (int64_t q = begin; q < end; ++q) {
-          const int64_t img = q / c, ch = q % c;
-          const scalar_t* zq = zp + q * h * w;
-          scalar_t* g = dzp + q * h * w;
-          Stats<scalar_t> st{mp[q], rp[q]};
-          const scalar_t a = gp[ch] * st.rstd;
-          const scalar_t b = bp[ch] - st.mean * a;
-          auto [sg, sgz] = plane_relu_pool_grad<scalar_t, W>(zq, dpp + q * ph * pw, h, w, ph, pw,
-                                                             a, b, g);
-          plane_norm_grad(zq, g, h * w, st, gp[ch], sg, sgz, pa + img * 2 * c + ch,
-                          pa + img * 2 * c + c + ch);
-        }
-      });
-    });
-    std::vector<scalar_t> total(2 * c);
-    sum_rows(pa, n, 2 * c, total.data());
-    std::copy(total.begin(), total.begin() + c, dgamma.data_ptr<scalar_t>());
-    std::copy(total.begin() + c, total.end(), dbeta.data_ptr<scalar_t>());
-  });
-  return {dz, dgamma, dbeta};
-}
-
-// ------------------------------------------------------- conv -> norm -> ReLU -> pool
+// ------------------------------------------- conv (NCHW planes; the first block, few channels)
 
 // One image's input, zero-padded: (cin, h + 2 pad, w + 2 pad).
 template <typename T>
@@ -414,144 +327,6 @@ ConvShape conv_shape(const at::Tensor& x, const at::Tensor& weight, int64_t pad)
   TORCH_CHECK(s.ho > 0 && s.wo > 0, "the kernel is larger than the padded input");
   s.ph = s.ho / 2, s.pw = s.wo / 2;
   return s;
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cnrp_forward_nhwc(
-    const at::Tensor& x, const ConvShape& s, const at::Tensor& weight, const at::Tensor& bias,
-    const at::Tensor& gamma, const at::Tensor& beta, double eps);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cnrp_backward_nhwc(
-    const at::Tensor& dp_in, const at::Tensor& x, const ConvShape& s, const at::Tensor& weight,
-    const at::Tensor& bias, const at::Tensor& gamma, const at::Tensor& beta,
-    const at::Tensor& mean, const at::Tensor& rstd);
-
-// channels_last: the output in that layout (the NHWC variants below; the next block's conv runs
-// channels_last); the input x is read NCHW either way (few channels).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cnrp_forward(
-    const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
-    const at::Tensor& gamma_in, const at::Tensor& beta_in, int64_t pad, double eps,
-    bool channels_last) {
-  auto x = x_in.contiguous();
-  const auto s = conv_shape(x, weight_in, pad);
-  auto opt = x.options();
-  auto weight = like(weight_in, x);
-  auto bias = like(bias_in, x);
-  auto gamma = like(gamma_in, x);
-  auto beta = like(beta_in, x);
-  if (channels_last) return cnrp_forward_nhwc(x, s, weight, bias, gamma, beta, eps);
-  auto p = at::empty({s.n, s.c, s.ph, s.pw}, opt);
-  auto mean = at::empty({s.n, s.c}, opt);
-  auto rstd = at::empty({s.n, s.c}, opt);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnrp_forward", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* wt = weight.data_ptr<scalar_t>();
-    const scalar_t* bs = bias.data_ptr<scalar_t>();
-    const scalar_t* gp = gamma.data_ptr<scalar_t>();
-    const scalar_t* bp = beta.data_ptr<scalar_t>();
-    scalar_t* pp = p.data_ptr<scalar_t>();
-    scalar_t* mp = mean.data_ptr<scalar_t>();
-    scalar_t* rp = rstd.data_ptr<scalar_t>();
-    auto body = [&](auto k_const, auto w_const) {
-      constexpr int K = decltype(k_const)::value, W = decltype(w_const)::value;
-      at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> xpad(s.cin * s.hp * s.wp), z(s.ho * s.wo);
-        for (int64_t img = begin; img < end; ++img) {
-          pad_image(xp + img * s.cin * s.h * s.w, s.cin, s.h, s.w, s.pad, xpad.data());
-          for (int64_t ch = 0; ch < s.c; ++ch) {
-            plane_conv<scalar_t, K, W>(xpad.data(), s.cin, s.hp, s.wp,
-                                       wt + ch * s.cin * s.k * s.k, bs[ch], s.k, s.ho, s.wo,
-                                       z.data());
-            auto st = plane_stats(z.data(), s.ho * s.wo, eps);
-            const scalar_t a = gp[ch] * st.rstd;
-            const scalar_t b = bp[ch] - st.mean * a;
-            const int64_t q = img * s.c + ch;
-            plane_forward<scalar_t, W>(z.data(), s.wo, s.ph, s.pw, a, b, pp + q * s.ph * s.pw);
-            mp[q] = st.mean;
-            rp[q] = st.rstd;
-          }
-        }
-      });
-    };
-    dispatch_shape(s, body);
-  });
-  return {p, mean, rstd};
-}
-
-// Gradients of the weight, bias, gamma and beta (the input's is not formed: the first block's
-// input is data).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cnrp_backward(
-    const at::Tensor& dp_in, const at::Tensor& x_in, const at::Tensor& weight_in,
-    const at::Tensor& bias_in, const at::Tensor& gamma_in, const at::Tensor& beta_in,
-    const at::Tensor& mean_in, const at::Tensor& rstd_in, int64_t pad, bool channels_last) {
-  auto x = x_in.contiguous();
-  const auto s = conv_shape(x, weight_in, pad);
-  auto opt = x.options();
-  TORCH_CHECK(dp_in.size(0) == s.n && dp_in.size(1) == s.c && dp_in.size(2) == s.ph &&
-                  dp_in.size(3) == s.pw,
-              "the pooled gradient's shape does not match the block's output");
-  auto weight = like(weight_in, x);
-  auto bias = like(bias_in, x);
-  auto gamma = like(gamma_in, x);
-  auto beta = like(beta_in, x);
-  auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
-  if (channels_last)
-    return cnrp_backward_nhwc(dp_in, x, s, weight, bias, gamma, beta, mean, rstd);
-  auto dp = like(dp_in, x);
-  const int64_t taps = s.cin * s.k * s.k;
-  const int64_t per = s.c * (taps + 3);  // [dw taps | db | dgamma | dbeta] per channel
-  auto part = at::empty({s.n, per}, opt);
-  auto dweight = at::empty({s.c, s.cin, s.k, s.k}, opt);
-  auto dbias = at::empty({s.c}, opt);
-  auto dgamma = at::empty({s.c}, opt);
-  auto dbeta = at::empty({s.c}, opt);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnrp_backward", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* dpp = dp.data_ptr<scalar_t>();
-    const scalar_t* wt = weight.data_ptr<scalar_t>();
-    const scalar_t* bs = bias.data_ptr<scalar_t>();
-    const scalar_t* gp = gamma.data_ptr<scalar_t>();
-    const scalar_t* bp = beta.data_ptr<scalar_t>();
-    const scalar_t* mp = mean.data_ptr<scalar_t>();
-    const scalar_t* rp = rstd.data_ptr<scalar_t>();
-    scalar_t* pa = part.data_ptr<scalar_t>();
-    const int64_t m = s.ho * s.wo;
-    auto body = [&](auto k_const, auto w_const) {
-      constexpr int K = decltype(k_const)::value, W = decltype(w_const)::value;
-      at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> xpad(s.cin * s.hp * s.wp), z(m), g(m),
-            acc((taps + 1) * s.wo);
-        for (int64_t img = begin; img < end; ++img) {
-          pad_image(xp + img * s.cin * s.h * s.w, s.cin, s.h, s.w, s.pad, xpad.data());
-          for (int64_t ch = 0; ch < s.c; ++ch) {
-            const int64_t q = img * s.c + ch;
-            plane_conv<scalar_t, K, W>(xpad.data(), s.cin, s.hp, s.wp, wt + ch * taps, bs[ch],
-                                       s.k, s.ho, s.wo, z.data());
-            Stats<scalar_t> st{mp[q], rp[q]};
-            const scalar_t a = gp[ch] * st.rstd;
-            const scalar_t b = bp[ch] - st.mean * a;
-            auto [sg, sgz] = plane_relu_pool_grad<scalar_t, W>(
-                z.data(), dpp + q * s.ph * s.pw, s.ho, s.wo, s.ph, s.pw, a, b, g.data());
-            scalar_t* out = pa + img * per + ch * (taps + 3);
-            plane_norm_grad(z.data(), g.data(), m, st, gp[ch], sg, sgz, out + taps + 1,
-                            out + taps + 2);
-            // g now holds dz: the conv's weight gradient is its correlation with the input.
-            plane_conv_grad<scalar_t, K, W>(xpad.data(), g.data(), s, acc.data(), out);
-          }
-        }
-      });
-    };
-    dispatch_shape(s, body);
-    std::vector<scalar_t> total(per);
-    sum_rows(pa, s.n, per, total.data());
-    scalar_t* dw = dweight.data_ptr<scalar_t>();
-    for (int64_t ch = 0; ch < s.c; ++ch) {
-      const scalar_t* t = total.data() + ch * (taps + 3);
-      std::copy(t, t + taps, dw + ch * taps);
-      dbias.data_ptr<scalar_t>()[ch] = t[taps];
-      dgamma.data_ptr<scalar_t>()[ch] = t[taps + 1];
-      dbeta.data_ptr<scalar_t>()[ch] = t[taps + 2];
-    }
-  });
-  return {dweight, dbias, dgamma, dbeta};
 }
 
 // ================================================= channels_last (NHWC) variants
@@ -683,9 +458,8 @@ void image_pool_forward(const T* __restrict z, int64_t w, int64_t ph, int64_t pw
 
 // The backward of norm -> ReLU -> pool for one image: g (h x w pixels) = dz. dp: the image's
 // pooled gradient; d_gamma, d_beta: this image's partial sums (c each); d_sum (if not null): the
-// sum of dz over the pixels (the conv bias's gradient), formed while dz is written. Two passes:
-// the ReLU/pool gradient with its sums (four partial sums, one per position in the 2x2 block),
-// then the norm's.
+// sum of dz over the pixels (the conv bias's gradient), formed while dz is written. Two passes
+// over z: the sums the norm's backward needs, then dz.
 template <typename T, int C>
 void image_backward(const T* __restrict z, const T* __restrict dp, int64_t h, int64_t w,
                     int64_t ph, int64_t pw, int64_t c_, const T* gamma, const T* mean,
@@ -704,19 +478,15 @@ void image_backward(const T* __restrict z, const T* __restrict dp, int64_t h, in
   Scratch<T, 2 * C> sums(2 * c);
   T *sg = sums.data(), *sgz = sg + c;
   for (int64_t q = 0; q < 2 * c; ++q) sg[q] = zero;
-  // g = dp / 4 on each 2x2 block, masked by the ReLU
+  // pass 1: sum g and sum g z, g = dp / 4 on each 2x2 block masked by the ReLU (not stored: pass
+  // 2 recomputes it, cheaper than writing and re-reading a plane-sized buffer)
   for (int64_t i = 0; i < ph; ++i)
     for (int64_t j = 0; j < pw; ++j) {
       const T* __restrict d = dp + (i * pw + j) * c;
-      const int64_t q = (2 * i) * w + 2 * j;
-      const T* __restrict z00 = z + q * c;
+      const T* __restrict z00 = z + ((2 * i) * w + 2 * j) * c;
       const T* __restrict z01 = z00 + c;
       const T* __restrict z10 = z00 + w * c;
       const T* __restrict z11 = z10 + c;
-      T* __restrict g00 = g + q * c;
-      T* __restrict g01 = g00 + c;
-      T* __restrict g10 = g00 + w * c;
-      T* __restrict g11 = g10 + c;
 #pragma omp simd
       for (int64_t ch = 0; ch < c; ++ch) {
         const T dv = static_cast<T>(0.25) * d[ch];
@@ -724,18 +494,10 @@ void image_backward(const T* __restrict z, const T* __restrict dp, int64_t h, in
         const T v01 = (a[ch] * z01[ch] + b[ch] > zero) ? dv : zero;
         const T v10 = (a[ch] * z10[ch] + b[ch] > zero) ? dv : zero;
         const T v11 = (a[ch] * z11[ch] + b[ch] > zero) ? dv : zero;
-        g00[ch] = v00;
-        g01[ch] = v01;
-        g10[ch] = v10;
-        g11[ch] = v11;
         sg[ch] += (v00 + v10) + (v01 + v11);
         sgz[ch] += (v00 * z00[ch] + v10 * z10[ch]) + (v01 * z01[ch] + v11 * z11[ch]);
       }
     }
-  // zero on the dropped last row/column of odd planes
-  for (int64_t i = 0; i < h; ++i)
-    for (int64_t j = (i < 2 * ph ? 2 * pw : 0); j < w; ++j)
-      std::fill(g + (i * w + j) * c, g + (i * w + j + 1) * c, zero);
   const T inv_m = static_cast<T>(1) / static_cast<T>(m);
 #pragma omp simd
   for (int64_t ch = 0; ch < c; ++ch) {
@@ -745,106 +507,52 @@ void image_backward(const T* __restrict z, const T* __restrict dp, int64_t h, in
     d_gamma[ch] = sgx;
     d_beta[ch] = sg[ch];
   }
-  // dz = a g + k1 z + k0, and its pixel sum
+  // pass 2: dz = a g + k1 z + k0 (g = 0 on the dropped last row/column of odd planes), and its
+  // pixel sum
   Scratch<T, C> total(c);
   T* __restrict acc = total.data();
   for (int64_t ch = 0; ch < c; ++ch) acc[ch] = zero;
-  for (int64_t q = 0; q < m; ++q) {
-    T* __restrict gq = g + q * c;
-    const T* __restrict zq = z + q * c;
+  for (int64_t i = 0; i < ph; ++i)
+    for (int64_t j = 0; j < pw; ++j) {
+      const T* __restrict d = dp + (i * pw + j) * c;
+      const int64_t q = (2 * i) * w + 2 * j;
+      const T* __restrict z00 = z + q * c;
+      const T* __restrict z01 = z00 + c;
+      const T* __restrict z10 = z00 + w * c;
+      const T* __restrict z11 = z10 + c;
+      T* __restrict o00 = g + q * c;
+      T* __restrict o01 = o00 + c;
+      T* __restrict o10 = o00 + w * c;
+      T* __restrict o11 = o10 + c;
 #pragma omp simd
-    for (int64_t ch = 0; ch < c; ++ch) {
-      gq[ch] = a[ch] * gq[ch] + k1[ch] * zq[ch] + k0[ch];
-      acc[ch] += gq[ch];
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const T dv = static_cast<T>(0.25) * d[ch];
+        const T v00 = (a[ch] * z00[ch] + b[ch] > zero) ? dv : zero;
+        const T v01 = (a[ch] * z01[ch] + b[ch] > zero) ? dv : zero;
+        const T v10 = (a[ch] * z10[ch] + b[ch] > zero) ? dv : zero;
+        const T v11 = (a[ch] * z11[ch] + b[ch] > zero) ? dv : zero;
+        const T d00 = a[ch] * v00 + k1[ch] * z00[ch] + k0[ch];
+        const T d01 = a[ch] * v01 + k1[ch] * z01[ch] + k0[ch];
+        const T d10 = a[ch] * v10 + k1[ch] * z10[ch] + k0[ch];
+        const T d11 = a[ch] * v11 + k1[ch] * z11[ch] + k0[ch];
+        o00[ch] = d00;
+        o01[ch] = d01;
+        o10[ch] = d10;
+        o11[ch] = d11;
+        acc[ch] += (d00 + d10) + (d01 + d11);
+      }
     }
-  }
+  for (int64_t i = 0; i < h; ++i)
+    for (int64_t j = (i < 2 * ph ? 2 * pw : 0); j < w; ++j) {
+      const T* __restrict zq = z + (i * w + j) * c;
+      T* __restrict oq = g + (i * w + j) * c;
+#pragma omp simd
+      for (int64_t ch = 0; ch < c; ++ch) {
+        oq[ch] = k1[ch] * zq[ch] + k0[ch];
+        acc[ch] += oq[ch];
+      }
+    }
   if (d_sum) std::copy(acc, acc + c, d_sum);
-}
-
-// t as a tensor of ref's dtype in channels_last layout
-at::Tensor like_cl(const at::Tensor& t, const at::Tensor& ref) {
-  return t.to(ref.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
-}
-
-// Whether an N x C x H x W tensor is laid out channels_last and not also NCHW-contiguous (one
-// channel or one pixel: both layouts are the same memory, and the NCHW kernels take it).
-bool is_nhwc(const at::Tensor& t) {
-  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_forward_nhwc(const at::Tensor& z,
-                                                                const at::Tensor& gamma_in,
-                                                                const at::Tensor& beta_in,
-                                                                double eps) {
-  auto gamma = like(gamma_in, z);
-  auto beta = like(beta_in, z);
-  const int64_t n = z.size(0), c = z.size(1), h = z.size(2), w = z.size(3);
-  const int64_t ph = h / 2, pw = w / 2;
-  auto p = at::empty({n, c, ph, pw}, z.options(), at::MemoryFormat::ChannelsLast);
-  auto mean = at::empty({n, c}, z.options());
-  auto rstd = at::empty({n, c}, z.options());
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "nrp_forward_nhwc", [&] {
-    const scalar_t* zp = z.data_ptr<scalar_t>();
-    const scalar_t* gp = gamma.data_ptr<scalar_t>();
-    const scalar_t* bp = beta.data_ptr<scalar_t>();
-    scalar_t* pp = p.data_ptr<scalar_t>();
-    scalar_t* mp = mean.data_ptr<scalar_t>();
-    scalar_t* rp = rstd.data_ptr<scalar_t>();
-    dispatch_channels(c, [&](auto c_const) {
-      constexpr int C = decltype(c_const)::value;
-      at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> ab(2 * c);
-        for (int64_t img = begin; img < end; ++img) {
-          const scalar_t* zi = zp + img * h * w * c;
-          image_stats<scalar_t, C>(zi, h * w, c, eps, gp, bp, nullptr, mp + img * c, rp + img * c,
-                                   ab.data(), ab.data() + c);
-          image_pool_forward<scalar_t, C>(zi, w, ph, pw, c, ab.data(), ab.data() + c,
-                                          pp + img * ph * pw * c);
-        }
-      });
-    });
-  });
-  return {p, mean, rstd};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_backward_nhwc(
-    const at::Tensor& dp_in, const at::Tensor& z, const at::Tensor& gamma_in,
-    const at::Tensor& beta_in, const at::Tensor& mean_in, const at::Tensor& rstd_in) {
-  auto dp = like_cl(dp_in, z);
-  auto gamma = like(gamma_in, z);
-  auto beta = like(beta_in, z);
-  auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
-  const int64_t n = z.size(0), c = z.size(1), h = z.size(2), w = z.size(3);
-  const int64_t ph = h / 2, pw = w / 2;
-  auto dz = at::empty({n, c, h, w}, z.options(), at::MemoryFormat::ChannelsLast);
-  auto part = at::empty({n, 2, c}, z.options());  // [image][dgamma | dbeta][channel]
-  auto dgamma = at::empty({c}, z.options());
-  auto dbeta = at::empty({c}, z.options());
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "nrp_backward_nhwc", [&] {
-    const scalar_t* zp = z.data_ptr<scalar_t>();
-    const scalar_t* dpp = dp.data_ptr<scalar_t>();
-    const scalar_t* gp = gamma.data_ptr<scalar_t>();
-    const scalar_t* bp = beta.data_ptr<scalar_t>();
-    const scalar_t* mp = mean.data_ptr<scalar_t>();
-    const scalar_t* rp = rstd.data_ptr<scalar_t>();
-    scalar_t* dzp = dz.data_ptr<scalar_t>();
-    scalar_t* pa = part.data_ptr<scalar_t>();
-    dispatch_channels(c, [&](auto c_const) {
-      constexpr int C = decltype(c_const)::value;
-      at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t img = begin; img < end; ++img)
-          image_backward<scalar_t, C>(zp + img * h * w * c, dpp + img * ph * pw * c, h, w, ph,
-                                      pw, c, gp, mp + img * c, rp + img * c, bp,
-                                      dzp + img * h * w * c, pa + img * 2 * c,
-                                      pa + img * 2 * c + c, nullptr);
-      });
-    });
-    std::vector<scalar_t> total(2 * c);
-    sum_rows(pa, n, 2 * c, total.data());
-    std::copy(total.begin(), total.begin() + c, dgamma.data_ptr<scalar_t>());
-    std::copy(total.begin() + c, total.end(), dbeta.data_ptr<scalar_t>());
-  });
-  return {dz, dgamma, dbeta};
 }
 
 // Output pixels per register block of the direct conv: PB pixels x C channels of accumulators
@@ -942,7 +650,158 @@ void dispatch_k(int64_t k, F&& body) {
   return body(std::integral_constant<int, 0>{});
 }
 
-// weight (c x taps) transposed to (taps x c)
+#ifdef LTDISTILL_POP_OPTIONS
+#pragma GCC pop_options
+#endif
+
+// ================================================================= the operators
+//
+// z's layout decides the norm kernels' (channels_last: the NHWC loops; anything else is made
+// NCHW-contiguous), and their outputs have it; the whole-block kernels read x NCHW (few channels)
+// and write channels_last when asked.
+
+// t as a tensor of ref's dtype in the layout of the kernels' loops
+at::Tensor like_layout(const at::Tensor& t, const at::Tensor& ref, bool nhwc) {
+  return nhwc ? t.to(ref.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast) : like(t, ref);
+}
+
+at::MemoryFormat format(bool nhwc) {
+  return nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// Whether an N x C x H x W tensor is laid out channels_last and not also NCHW-contiguous (one
+// channel or one pixel: both layouts are the same memory, and the NCHW loops take it).
+bool is_nhwc(const at::Tensor& t) {
+  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// ------------------------------------------------------------------ norm -> ReLU -> pool
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_forward(const at::Tensor& z_in,
+                                                           const at::Tensor& gamma_in,
+                                                           const at::Tensor& beta_in,
+                                                           double eps) {
+  check_planes(z_in, "z");
+  const bool nhwc = is_nhwc(z_in);
+  auto z = nhwc ? z_in : z_in.contiguous();
+  auto gamma = like(gamma_in, z);
+  auto beta = like(beta_in, z);
+  const int64_t n = z.size(0), c = z.size(1), h = z.size(2), w = z.size(3);
+  const int64_t ph = h / 2, pw = w / 2;
+  auto p = at::empty({n, c, ph, pw}, z.options(), format(nhwc));
+  auto mean = at::empty({n, c}, z.options());
+  auto rstd = at::empty({n, c}, z.options());
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "nrp_forward", [&] {
+    const scalar_t* zp = z.data_ptr<scalar_t>();
+    const scalar_t* gp = gamma.data_ptr<scalar_t>();
+    const scalar_t* bp = beta.data_ptr<scalar_t>();
+    scalar_t* pp = p.data_ptr<scalar_t>();
+    scalar_t* mp = mean.data_ptr<scalar_t>();
+    scalar_t* rp = rstd.data_ptr<scalar_t>();
+    if (nhwc) {
+      dispatch_channels(c, [&](auto c_const) {
+        constexpr int C = decltype(c_const)::value;
+        at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+          Buffer<scalar_t> ab(2 * c);
+          for (int64_t img = begin; img < end; ++img) {
+            const scalar_t* zi = zp + img * h * w * c;
+            image_stats<scalar_t, C>(zi, h * w, c, eps, gp, bp, nullptr, mp + img * c,
+                                     rp + img * c, ab.data(), ab.data() + c);
+            image_pool_forward<scalar_t, C>(zi, w, ph, pw, c, ab.data(), ab.data() + c,
+                                            pp + img * ph * pw * c);
+          }
+        });
+      });
+      return;
+    }
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, h * w));
+    dispatch_width(w, [&](auto w_const) {
+      constexpr int W = decltype(w_const)::value;
+      at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t q = begin; q < end; ++q) {
+          const scalar_t* zq = zp + q * h * w;
+          auto st = plane_stats(zq, h * w, eps);
+          const scalar_t a = gp[q % c] * st.rstd;
+          const scalar_t b = bp[q % c] - st.mean * a;
+          plane_forward<scalar_t, W>(zq, w, ph, pw, a, b, pp + q * ph * pw);
+          mp[q] = st.mean;
+          rp[q] = st.rstd;
+        }
+      });
+    });
+  });
+  return {p, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nrp_backward(
+    const at::Tensor& dp_in, const at::Tensor& z_in, const at::Tensor& gamma_in,
+    const at::Tensor& beta_in, const at::Tensor& mean_in, const at::Tensor& rstd_in) {
+  check_planes(z_in, "z");
+  const bool nhwc = is_nhwc(z_in);
+  auto z = nhwc ? z_in : z_in.contiguous();
+  auto dp = like_layout(dp_in, z, nhwc);
+  auto gamma = like(gamma_in, z);
+  auto beta = like(beta_in, z);
+  auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  const int64_t n = z.size(0), c = z.size(1), h = z.size(2), w = z.size(3);
+  const int64_t ph = h / 2, pw = w / 2;
+  TORCH_CHECK(dp.size(0) == n && dp.size(1) == c && dp.size(2) == ph && dp.size(3) == pw,
+              "the pooled gradient's shape does not match the block's output");
+  auto dz = at::empty({n, c, h, w}, z.options(), format(nhwc));
+  auto part = at::empty({n, 2, c}, z.options());  // [image][dgamma | dbeta][channel]
+  auto dgamma = at::empty({c}, z.options());
+  auto dbeta = at::empty({c}, z.options());
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "nrp_backward", [&] {
+    const scalar_t* zp = z.data_ptr<scalar_t>();
+    const scalar_t* dpp = dp.data_ptr<scalar_t>();
+    const scalar_t* gp = gamma.data_ptr<scalar_t>();
+    const scalar_t* bp = beta.data_ptr<scalar_t>();
+    const scalar_t* mp = mean.data_ptr<scalar_t>();
+    const scalar_t* rp = rstd.data_ptr<scalar_t>();
+    scalar_t* dzp = dz.data_ptr<scalar_t>();
+    scalar_t* pa = part.data_ptr<scalar_t>();
+    if (nhwc) {
+      dispatch_channels(c, [&](auto c_const) {
+        constexpr int C = decltype(c_const)::value;
+        at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t img = begin; img < end; ++img)
+            image_backward<scalar_t, C>(zp + img * h * w * c, dpp + img * ph * pw * c, h, w, ph,
+                                        pw, c, gp, mp + img * c, rp + img * c, bp,
+                                        dzp + img * h * w * c, pa + img * 2 * c,
+                                        pa + img * 2 * c + c, nullptr);
+        });
+      });
+    } else {
+      const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, h * w));
+      dispatch_width(w, [&](auto w_const) {
+        constexpr int W = decltype(w_const)::value;
+        at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+          for (int64_t q = begin; q < end; ++q) {
+            const int64_t img = q / c, ch = q % c;
+            const scalar_t* zq = zp + q * h * w;
+            scalar_t* g = dzp + q * h * w;
+            Stats<scalar_t> st{mp[q], rp[q]};
+            const scalar_t a = gp[ch] * st.rstd;
+            const scalar_t b = bp[ch] - st.mean * a;
+            auto [sg, sgz] = plane_relu_pool_grad<scalar_t, W>(zq, dpp + q * ph * pw, h, w, ph,
+                                                               pw, a, b, g);
+            plane_norm_grad(zq, g, h * w, st, gp[ch], sg, sgz, pa + img * 2 * c + ch,
+                            pa + img * 2 * c + c + ch);
+          }
+        });
+      });
+    }
+    std::vector<scalar_t> total(2 * c);
+    sum_rows(pa, n, 2 * c, total.data());
+    std::copy(total.begin(), total.begin() + c, dgamma.data_ptr<scalar_t>());
+    std::copy(total.begin() + c, total.end(), dbeta.data_ptr<scalar_t>());
+  });
+  return {dz, dgamma, dbeta};
+}
+
+// ------------------------------------------------------- conv -> norm -> ReLU -> pool
+
+// weight (c x taps) transposed to (taps x c), the NHWC conv's order
 template <typename T>
 std::vector<T> taps_major(const T* w, int64_t c, int64_t taps) {
   std::vector<T> t(taps * c);
@@ -951,102 +810,176 @@ std::vector<T> taps_major(const T* w, int64_t c, int64_t taps) {
   return t;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cnrp_forward_nhwc(
-    const at::Tensor& x, const ConvShape& s, const at::Tensor& weight, const at::Tensor& bias,
-    const at::Tensor& gamma, const at::Tensor& beta, double eps) {
+// channels_last: the output in that layout (the next block's conv runs channels_last)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cnrp_forward(
+    const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
+    const at::Tensor& gamma_in, const at::Tensor& beta_in, int64_t pad, double eps,
+    bool channels_last) {
+  auto x = x_in.contiguous();
+  const auto s = conv_shape(x, weight_in, pad);
   auto opt = x.options();
-  auto p = at::empty({s.n, s.c, s.ph, s.pw}, opt, at::MemoryFormat::ChannelsLast);
+  auto weight = like(weight_in, x);
+  auto bias = like(bias_in, x);
+  auto gamma = like(gamma_in, x);
+  auto beta = like(beta_in, x);
+  auto p = at::empty({s.n, s.c, s.ph, s.pw}, opt, format(channels_last));
   auto mean = at::empty({s.n, s.c}, opt);
   auto rstd = at::empty({s.n, s.c}, opt);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnrp_forward_nhwc", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnrp_forward", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
-    const auto wt = taps_major(weight.data_ptr<scalar_t>(), s.c, s.cin * s.k * s.k);
+    const scalar_t* wt = weight.data_ptr<scalar_t>();
     const scalar_t* bs = bias.data_ptr<scalar_t>();
     const scalar_t* gp = gamma.data_ptr<scalar_t>();
     const scalar_t* bp = beta.data_ptr<scalar_t>();
     scalar_t* pp = p.data_ptr<scalar_t>();
     scalar_t* mp = mean.data_ptr<scalar_t>();
     scalar_t* rp = rstd.data_ptr<scalar_t>();
-    dispatch_k(s.k, [&](auto k_const) {
-      dispatch_channels(s.c, [&](auto c_const) {
-        constexpr int K = decltype(k_const)::value, C = decltype(c_const)::value;
-        at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
-          std::vector<scalar_t> xpad(s.cin * s.hp * s.wp), z(s.ho * s.wo * s.c), ab(3 * s.c);
-          scalar_t* sum = ab.data() + 2 * s.c;
-          for (int64_t img = begin; img < end; ++img) {
-            pad_image(xp + img * s.cin * s.h * s.w, s.cin, s.h, s.w, s.pad, xpad.data());
-            image_conv_nhwc<scalar_t, K, C>(xpad.data(), s, wt.data(), bs, z.data(), sum);
-            image_stats<scalar_t, C>(z.data(), s.ho * s.wo, s.c, eps, gp, bp, sum, mp + img * s.c,
-                                     rp + img * s.c, ab.data(), ab.data() + s.c);
-            image_pool_forward<scalar_t, C>(z.data(), s.wo, s.ph, s.pw, s.c, ab.data(),
-                                            ab.data() + s.c, pp + img * s.ph * s.pw * s.c);
-          }
+    if (channels_last) {
+      const auto wtt = taps_major(wt, s.c, s.cin * s.k * s.k);
+      dispatch_k(s.k, [&](auto k_const) {
+        dispatch_channels(s.c, [&](auto c_const) {
+          constexpr int K = decltype(k_const)::value, C = decltype(c_const)::value;
+          at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+            Buffer<scalar_t> xpad(s.cin * s.hp * s.wp), z(s.ho * s.wo * s.c), ab(3 * s.c);
+            scalar_t* sum = ab.data() + 2 * s.c;
+            for (int64_t img = begin; img < end; ++img) {
+              pad_image(xp + img * s.cin * s.h * s.w, s.cin, s.h, s.w, s.pad, xpad.data());
+              image_conv_nhwc<scalar_t, K, C>(xpad.data(), s, wtt.data(), bs, z.data(), sum);
+              image_stats<scalar_t, C>(z.data(), s.ho * s.wo, s.c, eps, gp, bp, sum,
+                                       mp + img * s.c, rp + img * s.c, ab.data(),
+                                       ab.data() + s.c);
+              image_pool_forward<scalar_t, C>(z.data(), s.wo, s.ph, s.pw, s.c, ab.data(),
+                                              ab.data() + s.c, pp + img * s.ph * s.pw * s.c);
+            }
+          });
         });
+      });
+      return;
+    }
+    dispatch_shape(s, [&](auto k_const, auto w_const) {
+      constexpr int K = decltype(k_const)::value, W = decltype(w_const)::value;
+      at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+        Buffer<scalar_t> xpad(s.cin * s.hp * s.wp), z(s.ho * s.wo);
+        for (int64_t img = begin; img < end; ++img) {
+          pad_image(xp + img * s.cin * s.h * s.w, s.cin, s.h, s.w, s.pad, xpad.data());
+          for (int64_t ch = 0; ch < s.c; ++ch) {
+            plane_conv<scalar_t, K, W>(xpad.data(), s.cin, s.hp, s.wp,
+                                       wt + ch * s.cin * s.k * s.k, bs[ch], s.k, s.ho, s.wo,
+                                       z.data());
+            auto st = plane_stats(z.data(), s.ho * s.wo, eps);
+            const scalar_t a = gp[ch] * st.rstd;
+            const scalar_t b = bp[ch] - st.mean * a;
+            const int64_t q = img * s.c + ch;
+            plane_forward<scalar_t, W>(z.data(), s.wo, s.ph, s.pw, a, b, pp + q * s.ph * s.pw);
+            mp[q] = st.mean;
+            rp[q] = st.rstd;
+          }
+        }
       });
     });
   });
   return {p, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cnrp_backward_nhwc(
-    const at::Tensor& dp_in, const at::Tensor& x, const ConvShape& s, const at::Tensor& weight,
-    const at::Tensor& bias, const at::Tensor& gamma, const at::Tensor& beta,
-    const at::Tensor& mean, const at::Tensor& rstd) {
+// Gradients of the weight, bias, gamma and beta (the input's is not formed: the first block's
+// input is data).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cnrp_backward(
+    const at::Tensor& dp_in, const at::Tensor& x_in, const at::Tensor& weight_in,
+    const at::Tensor& bias_in, const at::Tensor& gamma_in, const at::Tensor& beta_in,
+    const at::Tensor& mean_in, const at::Tensor& rstd_in, int64_t pad, bool channels_last) {
+  auto x = x_in.contiguous();
+  const auto s = conv_shape(x, weight_in, pad);
   auto opt = x.options();
-  auto dp = like_cl(dp_in, x);
+  auto dp = like_layout(dp_in, x, channels_last);
+  TORCH_CHECK(dp.size(0) == s.n && dp.size(1) == s.c && dp.size(2) == s.ph && dp.size(3) == s.pw,
+              "the pooled gradient's shape does not match the block's output");
+  auto weight = like(weight_in, x);
+  auto bias = like(bias_in, x);
+  auto gamma = like(gamma_in, x);
+  auto beta = like(beta_in, x);
+  auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
   const int64_t taps = s.cin * s.k * s.k;
-  const int64_t per = (taps + 3) * s.c;  // per image: [dw taps | db | dgamma | dbeta] x channel
+  // per image: [dw taps | db | dgamma | dbeta], channel-major (NCHW loops) or channel-minor (NHWC)
+  const int64_t per = s.c * (taps + 3);
+  auto at_ = [&](int64_t ch, int64_t t) {
+    return channels_last ? t * s.c + ch : ch * (taps + 3) + t;
+  };
   auto part = at::empty({s.n, per}, opt);
   auto dweight = at::empty({s.c, s.cin, s.k, s.k}, opt);
   auto dbias = at::empty({s.c}, opt);
   auto dgamma = at::empty({s.c}, opt);
   auto dbeta = at::empty({s.c}, opt);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnrp_backward_nhwc", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnrp_backward", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* dpp = dp.data_ptr<scalar_t>();
-    const auto wt = taps_major(weight.data_ptr<scalar_t>(), s.c, taps);
+    const scalar_t* wt = weight.data_ptr<scalar_t>();
     const scalar_t* bs = bias.data_ptr<scalar_t>();
     const scalar_t* gp = gamma.data_ptr<scalar_t>();
     const scalar_t* bp = beta.data_ptr<scalar_t>();
     const scalar_t* mp = mean.data_ptr<scalar_t>();
     const scalar_t* rp = rstd.data_ptr<scalar_t>();
     scalar_t* pa = part.data_ptr<scalar_t>();
-    dispatch_k(s.k, [&](auto k_const) {
-      dispatch_channels(s.c, [&](auto c_const) {
-        constexpr int K = decltype(k_const)::value, C = decltype(c_const)::value;
+    const int64_t m = s.ho * s.wo;
+    if (channels_last) {
+      const auto wtt = taps_major(wt, s.c, taps);
+      dispatch_k(s.k, [&](auto k_const) {
+        dispatch_channels(s.c, [&](auto c_const) {
+          constexpr int K = decltype(k_const)::value, C = decltype(c_const)::value;
+          at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+            Buffer<scalar_t> xpad(s.cin * s.hp * s.wp), z(m * s.c), g(m * s.c), sum(s.c);
+            for (int64_t img = begin; img < end; ++img) {
+              pad_image(xp + img * s.cin * s.h * s.w, s.cin, s.h, s.w, s.pad, xpad.data());
+              image_conv_nhwc<scalar_t, K, C>(xpad.data(), s, wtt.data(), bs, z.data(),
+                                              sum.data());
+              scalar_t* out = pa + img * per;
+              image_backward<scalar_t, C>(z.data(), dpp + img * s.ph * s.pw * s.c, s.ho, s.wo,
+                                          s.ph, s.pw, s.c, gp, mp + img * s.c, rp + img * s.c,
+                                          bp, g.data(), out + (taps + 1) * s.c,
+                                          out + (taps + 2) * s.c, out + taps * s.c);
+              // g now holds dz: the conv's weight gradient is its correlation with the input
+              image_conv_grad_nhwc<scalar_t, K, C>(xpad.data(), g.data(), s, out);
+            }
+          });
+        });
+      });
+    } else {
+      dispatch_shape(s, [&](auto k_const, auto w_const) {
+        constexpr int K = decltype(k_const)::value, W = decltype(w_const)::value;
         at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
-          std::vector<scalar_t> xpad(s.cin * s.hp * s.wp), z(s.ho * s.wo * s.c),
-              g(s.ho * s.wo * s.c), sum(s.c);
+          Buffer<scalar_t> xpad(s.cin * s.hp * s.wp), z(m), g(m), acc((taps + 1) * s.wo);
           for (int64_t img = begin; img < end; ++img) {
             pad_image(xp + img * s.cin * s.h * s.w, s.cin, s.h, s.w, s.pad, xpad.data());
-            image_conv_nhwc<scalar_t, K, C>(xpad.data(), s, wt.data(), bs, z.data(), sum.data());
-            scalar_t* out = pa + img * per;
-            image_backward<scalar_t, C>(z.data(), dpp + img * s.ph * s.pw * s.c, s.ho, s.wo,
-                                        s.ph, s.pw, s.c, gp, mp + img * s.c, rp + img * s.c, bp,
-                                        g.data(), out + (taps + 1) * s.c, out + (taps + 2) * s.c,
-                                        out + taps * s.c);
-            // g now holds dz: the conv's weight gradient is its correlation with the input
-            image_conv_grad_nhwc<scalar_t, K, C>(xpad.data(), g.data(), s, out);
+            for (int64_t ch = 0; ch < s.c; ++ch) {
+              const int64_t q = img * s.c + ch;
+              plane_conv<scalar_t, K, W>(xpad.data(), s.cin, s.hp, s.wp, wt + ch * taps, bs[ch],
+                                         s.k, s.ho, s.wo, z.data());
+              Stats<scalar_t> st{mp[q], rp[q]};
+              const scalar_t a = gp[ch] * st.rstd;
+              const scalar_t b = bp[ch] - st.mean * a;
+              auto [sg, sgz] = plane_relu_pool_grad<scalar_t, W>(
+                  z.data(), dpp + q * s.ph * s.pw, s.ho, s.wo, s.ph, s.pw, a, b, g.data());
+              scalar_t* out = pa + img * per + ch * (taps + 3);
+              plane_norm_grad(z.data(), g.data(), m, st, gp[ch], sg, sgz, out + taps + 1,
+                              out + taps + 2);
+              // g now holds dz: the conv's weight gradient is its correlation with the input.
+              plane_conv_grad<scalar_t, K, W>(xpad.data(), g.data(), s, acc.data(), out);
+            }
           }
         });
       });
-    });
+    }
     std::vector<scalar_t> total(per);
     sum_rows(pa, s.n, per, total.data());
     scalar_t* dw = dweight.data_ptr<scalar_t>();
     for (int64_t ch = 0; ch < s.c; ++ch) {
-      for (int64_t q = 0; q < taps; ++q) dw[ch * taps + q] = total[q * s.c + ch];
-      dbias.data_ptr<scalar_t>()[ch] = total[taps * s.c + ch];
-      dgamma.data_ptr<scalar_t>()[ch] = total[(taps + 1) * s.c + ch];
-      dbeta.data_ptr<scalar_t>()[ch] = total[(taps + 2) * s.c + ch];
+      for (int64_t t = 0; t < taps; ++t) dw[ch * taps + t] = total[at_(ch, t)];
+      dbias.data_ptr<scalar_t>()[ch] = total[at_(ch, taps)];
+      dgamma.data_ptr<scalar_t>()[ch] = total[at_(ch, taps + 1)];
+      dbeta.data_ptr<scalar_t>()[ch] = total[at_(ch, taps + 2)];
     }
   });
   return {dweight, dbias, dgamma, dbeta};
 }
-
-#ifdef LTDISTILL_POP_OPTIONS
-#pragma GCC pop_options
-#endif
 
 }  // namespace
 
