@@ -361,8 +361,8 @@ void dispatch_channels(int64_t c, F&& body) {
   }
 }
 
-// Per-image scratch of n values: a plain array when the size is a compile-time constant N (so the
-// compiler keeps short accumulators in registers), else on the heap (N = 0).
+// Per-image scratch of n values, uninitialised: a plain array when the size is a compile-time
+// constant N (so the compiler keeps short accumulators in registers), else a Buffer (N = 0).
 template <typename T, int N>
 struct Scratch {
   T local[N];
@@ -371,10 +371,8 @@ struct Scratch {
 };
 
 template <typename T>
-struct Scratch<T, 0> {
-  std::vector<T> heap;
-  explicit Scratch(int64_t n) : heap(n) {}
-  T* data() { return heap.data(); }
+struct Scratch<T, 0> : Buffer<T> {
+  using Buffer<T>::Buffer;
 };
 
 // Pixel sums of one image run as kPix interleaved partial sums per channel (pixel p into partial
@@ -473,6 +471,8 @@ void image_backward(const T* __restrict z, const T* __restrict dp, int64_t h, in
     b[ch] = beta[ch] - mean[ch] * a[ch];
   }
   const T zero = static_cast<T>(0);
+  // g at one pixel: its share dv of the pooled gradient where the ReLU passed (a z + b > 0), else 0
+  auto masked = [=](T zv, T dv, int64_t ch) { return (a[ch] * zv + b[ch] > zero) ? dv : zero; };
   // sum g and sum g z per channel (explicit loops, not std::fill: a memset, like any access outside
   // the vector loops, would keep these accumulators out of registers)
   Scratch<T, 2 * C> sums(2 * c);
@@ -490,10 +490,8 @@ void image_backward(const T* __restrict z, const T* __restrict dp, int64_t h, in
 #pragma omp simd
       for (int64_t ch = 0; ch < c; ++ch) {
         const T dv = static_cast<T>(0.25) * d[ch];
-        const T v00 = (a[ch] * z00[ch] + b[ch] > zero) ? dv : zero;
-        const T v01 = (a[ch] * z01[ch] + b[ch] > zero) ? dv : zero;
-        const T v10 = (a[ch] * z10[ch] + b[ch] > zero) ? dv : zero;
-        const T v11 = (a[ch] * z11[ch] + b[ch] > zero) ? dv : zero;
+        const T v00 = masked(z00[ch], dv, ch), v01 = masked(z01[ch], dv, ch);
+        const T v10 = masked(z10[ch], dv, ch), v11 = masked(z11[ch], dv, ch);
         sg[ch] += (v00 + v10) + (v01 + v11);
         sgz[ch] += (v00 * z00[ch] + v10 * z10[ch]) + (v01 * z01[ch] + v11 * z11[ch]);
       }
@@ -527,10 +525,8 @@ void image_backward(const T* __restrict z, const T* __restrict dp, int64_t h, in
 #pragma omp simd
       for (int64_t ch = 0; ch < c; ++ch) {
         const T dv = static_cast<T>(0.25) * d[ch];
-        const T v00 = (a[ch] * z00[ch] + b[ch] > zero) ? dv : zero;
-        const T v01 = (a[ch] * z01[ch] + b[ch] > zero) ? dv : zero;
-        const T v10 = (a[ch] * z10[ch] + b[ch] > zero) ? dv : zero;
-        const T v11 = (a[ch] * z11[ch] + b[ch] > zero) ? dv : zero;
+        const T v00 = masked(z00[ch], dv, ch), v01 = masked(z01[ch], dv, ch);
+        const T v10 = masked(z10[ch], dv, ch), v11 = masked(z11[ch], dv, ch);
         const T d00 = a[ch] * v00 + k1[ch] * z00[ch] + k0[ch];
         const T d01 = a[ch] * v01 + k1[ch] * z01[ch] + k0[ch];
         const T d10 = a[ch] * v10 + k1[ch] * z10[ch] + k0[ch];
