@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${LTDISTILL_PYTHON:-python3}
-VENV=.venv
+VENV=${LTDISTILL_VENV:-.venv}
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
 
@@ -22,6 +22,12 @@ setup() {
   # reinstall only when the pinned dependencies changed
   stamp="$VENV/.ltdistill-installed"
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    # torch's CUDA build alone is ~5.5 GB in the venv; pip needs room to unpack it as well
+    free_gb=$(( $(df -Pk "$VENV" | awk 'NR==2 {print $4}') / 1048576 ))
+    if [ "$free_gb" -lt 8 ]; then
+      echo "warning: only ${free_gb} GB free on the disk holding $VENV; installing torch needs ~8 GB." >&2
+      echo "  free space (old venvs, clones, pip caches) or set LTDISTILL_VENV to a larger disk" >&2
+    fi
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q -e ".[test]"
     touch "$stamp"
